@@ -1,0 +1,32 @@
+"""cardiac_jax: the attention-enhanced BiLSTM for temporal cardiac cell-type classification, in JAX/Flax.
+
+The data's journey, one module per step: readers (files -> AnnData), preprocess, split, sequences, batches,
+model, train, metrics, report; dataset chains the data steps for a config, simulate writes the built-in data.
+"""
+
+from cardiac_jax.dataset import Dataset, prepare
+from cardiac_jax.errors import DataError
+from cardiac_jax.model import EnhancedCardiacRNN, count_params
+from cardiac_jax.readers import read_geo, read_h5ad, read_visium
+from cardiac_jax.report import evaluate
+from cardiac_jax.sequences import LabelEncoding, Sequences
+from cardiac_jax.simulate import write_gse175634, write_visium
+from cardiac_jax.train import quiet_dependency_logs, train_and_evaluate
+
+__all__ = [
+    "DataError",
+    "Dataset",
+    "EnhancedCardiacRNN",
+    "LabelEncoding",
+    "Sequences",
+    "count_params",
+    "evaluate",
+    "prepare",
+    "quiet_dependency_logs",
+    "read_geo",
+    "read_h5ad",
+    "read_visium",
+    "train_and_evaluate",
+    "write_gse175634",
+    "write_visium",
+]

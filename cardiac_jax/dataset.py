@@ -1,0 +1,200 @@
+"""The data's whole journey for one config: files -> AnnData -> preprocessed -> split -> sequences.
+
+`prepare(config)` is the one entry point; each step lives in its own module (readers, preprocess, split,
+sequences) and this module only chains them and writes down what happened (`Dataset.report`).
+"""
+
+import dataclasses
+
+import numpy as np
+import scanpy as sc
+from absl import logging
+
+from cardiac_jax import preprocess, readers, simulate
+from cardiac_jax import split as splitting
+from cardiac_jax.errors import DataError
+from cardiac_jax.sequences import (
+    LabelEncoding,
+    Sequences,
+    class_centroids,
+    pseudo_label_spots,
+    spatial_sequences,
+    temporal_sequences,
+)
+
+SOURCES = ("simulated", "geo", "h5ad")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  """Train/val/test sequences with what is needed to read them.
+
+  Attributes:
+    train, val, test: Sequences (spatial chains are in train only).
+    encoding: the LabelEncoding of the labels.
+    genes: the model's input genes, in input order.
+    time_points: the time points in order.
+    report: JSON-ready counts: quality control, split sizes, the leakage audit, spatial pseudo-labels.
+  """
+
+  train: Sequences
+  val: Sequences
+  test: Sequences
+  encoding: LabelEncoding
+  genes: tuple
+  time_points: tuple
+  report: dict
+
+  @property
+  def splits(self):
+    return {"train": self.train, "val": self.val, "test": self.test}
+
+
+def load(config):
+  """Reads the configured source. Returns (AnnData of cells, path of a Visium folder or None)."""
+  data = config.data
+  if data.source not in SOURCES:
+    raise ValueError(f"data.source must be one of {SOURCES}, got {data.source!r}")
+  if data.source == "simulated":
+    sim = config.sim
+    geo_dir, visium_dir = simulate.ensure_simulated(
+        data.cache_dir,
+        n_cells=sim.n_cells,
+        n_genes=sim.n_genes,
+        n_donors=sim.n_donors,
+        n_spots=sim.n_spots,
+        n_spot_genes=sim.n_spot_genes,
+        seed=sim.seed,
+    )
+    return readers.read_geo(geo_dir, data.geo_matrix), data.spatial_path or visium_dir
+  if not data.path:
+    raise ValueError(f"data.source={data.source!r} needs data.path")
+  if data.source == "geo":
+    adata = readers.read_geo(data.path, data.geo_matrix)
+  else:
+    adata = readers.read_h5ad(data.path, time_key=data.time_key, label_key=data.label_key, donor_key=data.donor_key)
+  return adata, data.spatial_path or None
+
+
+def _per_split_counts(sequences_by_split, classes):
+  return {
+      name: {
+          "sequences": int(len(s)),
+          "spatial": int(s.spatial.sum()),
+          "per_class": {classes[c]: int((s.labels == c).sum()) for c in range(len(classes))},
+      }
+      for name, s in sequences_by_split.items()
+  }
+
+
+def _spatial(config, visium_path, x, labels, train_cells, genes, n_classes, chain_len, rng):
+  """Spatial chains (at most chain_len spots) for the train split, pseudo-labelled by nearest training centroid."""
+  spots = readers.read_visium(visium_path)
+  kind = preprocess.detect_normalization(spots.X)
+  if kind == "counts":
+    sc.pp.normalize_total(spots, target_sum=config.data.target_sum)
+  if kind in ("counts", "linear"):
+    sc.pp.log1p(spots)
+  spot_index = {g: i for i, g in enumerate(spots.var_names)}
+  shared = [j for j, g in enumerate(genes) if g in spot_index]
+  if not shared:
+    raise DataError(visium_path, f"shares none of the model's {len(genes)} genes")
+  train_x = x[train_cells]
+  centroids = class_centroids(train_x, labels[train_cells], n_classes)
+  spot_dense = spots.X[:, [spot_index[genes[j]] for j in shared]].toarray()
+  spot_labels = pseudo_label_spots(spot_dense, centroids[:, shared], config.data.spatial_confidence_quantile)
+  # Genes the spots lack take the training cells' mean, a neutral value for the model.
+  spot_x = np.tile(train_x.mean(0), (spots.n_obs, 1)).astype(np.float32)
+  spot_x[:, shared] = spot_dense
+  chains, _ = spatial_sequences(
+      spot_x,
+      spots.obs["array_row"].to_numpy(),
+      spots.obs["array_col"].to_numpy(),
+      spot_labels,
+      n=config.data.n_spatial,
+      chain_len=chain_len,
+      max_len=config.data.max_len,
+      rng=rng,
+  )
+  report = {
+      "path": str(visium_path),
+      "spots": int(spots.n_obs),
+      "shared_genes": len(shared),
+      "confident_spots": int((spot_labels >= 0).sum()),
+      "mean_chain_length": float(chains.lengths.mean()),
+  }
+  return chains, report
+
+
+def prepare(config):
+  """Runs the data's journey for `config` and returns a Dataset. Deterministic given config.seed."""
+  data = config.data
+  adata, visium_path = load(config)
+  path = adata.uns["source_path"]
+  logging.info(f"read {adata.n_obs:,} cells x {adata.n_vars:,} genes from {path}")
+  adata, time_points, qc = preprocess.quality_control(
+      adata, time_key=data.time_key, label_key=data.label_key, donor_key=data.donor_key, time_order=data.time_order
+  )
+  if data.max_len < len(time_points):
+    raise ValueError(f"data.max_len={data.max_len} is less than the {len(time_points)} time points")
+  encoding = LabelEncoding.fit(adata.obs[data.label_key])
+  classes = encoding.classes
+  labels = encoding.encode(adata.obs[data.label_key], path)
+  time_index = {t: i for i, t in enumerate(time_points)}
+  times = np.array([time_index[t] for t in adata.obs[data.time_key]], np.int32)
+  donors = adata.obs[data.donor_key].to_numpy() if data.donor_key else None
+  unit = config.split.unit
+  fractions = tuple(config.split.fractions)
+  cell_split = splitting.split_cells(
+      labels, donors, unit=unit, fractions=fractions, seed=config.seed, classes=classes, path=path
+  )
+  train_cells = np.flatnonzero(cell_split == 0)
+  x, genes, kind = preprocess.normalize_and_select(
+      adata,
+      train_cells,
+      n_genes=data.n_genes,
+      normalization=data.normalization,
+      hvg_flavor=data.hvg_flavor,
+      target_sum=data.target_sum,
+  )
+  logging.info(f"preprocessed ({kind}): {adata.n_obs:,} cells, {len(genes)} genes chosen on {len(train_cells):,} training cells")
+  rng = np.random.default_rng([config.seed, 2])
+  draw = dict(n_classes=len(classes), max_len=data.max_len, rng=rng)
+  if unit == "sequence":
+    pool = temporal_sequences(x, labels, times, np.arange(adata.n_obs), n_per_class=data.n_per_type, **draw)
+    seq_split = splitting.stratified_split(pool.labels, fractions, rng)
+    splitting.check_every_class(pool.labels, seq_split, classes, path, what="sequences")
+    parts = [pool.take(seq_split == s) for s in range(3)]
+  else:
+    sizes = splitting.split_sizes(data.n_per_type, fractions)
+    parts = [
+        temporal_sequences(x, labels, times, np.flatnonzero(cell_split == s), n_per_class=int(sizes[s]), **draw)
+        for s in range(3)
+    ]
+  spatial_report = None
+  if data.n_spatial > 0 and visium_path:
+    chains, spatial_report = _spatial(
+        config, visium_path, x, labels, train_cells, genes, len(classes), len(time_points), rng
+    )
+    parts[0] = Sequences.concatenate([parts[0], chains])
+  by_split = dict(zip(splitting.SPLITS, parts))
+  report = {
+      "source": data.source,
+      "path": path,
+      "normalization": kind,
+      "quality_control": qc,
+      "classes": list(classes),
+      "time_points": list(time_points),
+      "split_unit": unit,
+      "cells_per_split": {name: int((cell_split == s).sum()) for s, name in enumerate(splitting.SPLITS)}
+      if unit != "sequence"
+      else {"pool": int(adata.n_obs)},
+      "sequences": _per_split_counts(by_split, classes),
+      "leakage": splitting.leakage_audit({name: s.cell_ids for name, s in by_split.items()}),
+      "spatial": spatial_report,
+  }
+  logging.info(
+      f"sequences: {', '.join(f'{n} {len(s):,}' for n, s in by_split.items())}; "
+      f"cells in more than one split: {report['leakage']['cells_in_more_than_one_split']:,}"
+  )
+  return Dataset(*parts, encoding=encoding, genes=genes, time_points=time_points, report=report)

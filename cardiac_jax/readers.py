@@ -1,0 +1,166 @@
+"""Files -> AnnData: GSE175634's GEO files, any .h5ad time course, and Space Ranger Visium folders.
+
+Every reader checks what it reads before the expensive part (a MatrixMarket header before its body) and
+raises `DataError(path, problem)` naming the file at fault. Matrices stay sparse: the counts are read once
+into a CSR `[cells, genes]` matrix and never densified here.
+"""
+
+import pathlib
+
+import anndata
+import numpy as np
+import pandas as pd
+import scipy.io
+import scipy.sparse as sp
+
+from cardiac_jax.errors import DataError
+
+GEO_CELL_INDICES = "GSE175634_cell_indices.tsv.gz"
+GEO_METADATA = "GSE175634_cell_metadata.tsv.gz"
+# data.geo_matrix -> (matrix file, gene index file); both matrices are genes x cells.
+GEO_MATRICES = {
+    "counts": ("GSE175634_cell_counts.mtx.gz", "GSE175634_gene_indices_counts.tsv.gz"),
+    "sctransform": (
+        "GSE175634_cell_counts_sctransform.mtx.gz",
+        "GSE175634_gene_indices_counts_sctransform.tsv.gz",
+    ),
+}
+# Metadata columns read as strings: cell-line ids like 18499 are names, not numbers.
+GEO_STRING_COLUMNS = ("cell", "exp.grp", "sample", "diffday", "individual", "type")
+
+
+def _existing(path):
+  path = pathlib.Path(path).expanduser()
+  if not path.exists():
+    raise DataError(path, "file not found")
+  return path
+
+
+def _read_table(path, columns, **kwargs):
+  """Reads a tab-separated (optionally gzipped) table and checks that `columns` are present."""
+  path = _existing(path)
+  try:
+    table = pd.read_csv(path, sep="\t", **kwargs)
+  except (OSError, ValueError, EOFError, pd.errors.ParserError) as e:
+    raise DataError(path, f"cannot be read as a tab-separated table ({e})") from e
+  missing = [c for c in columns if c not in table.columns]
+  if missing:
+    raise DataError(path, f"missing column(s) {missing}; found {list(table.columns)}")
+  return table
+
+
+def _read_mtx(path, shape, orientation):
+  """Reads a MatrixMarket file whose shape must be `shape`, and returns it as CSR float32.
+
+  `orientation` names the expected layout (e.g. 'genes x cells') for the error message; a matrix whose shape is
+  `shape` reversed is reported as being in the wrong orientation.
+  """
+  path = _existing(path)
+  try:
+    rows, cols, _, fmt, _, _ = scipy.io.mminfo(str(path))
+  except (OSError, ValueError, EOFError) as e:
+    raise DataError(path, f"is not a MatrixMarket file ({e})") from e
+  if fmt != "coordinate":
+    raise DataError(path, f"expected a sparse (coordinate) MatrixMarket matrix, found '{fmt}'")
+  if (rows, cols) != tuple(shape):
+    if (cols, rows) == tuple(shape):
+      raise DataError(
+          path, f"matrix is {rows} x {cols}, the transpose of the expected {orientation} ({shape[0]} x {shape[1]})"
+      )
+    raise DataError(path, f"matrix is {rows} x {cols} but the index files give {orientation} = {shape[0]} x {shape[1]}")
+  try:
+    matrix = scipy.io.mmread(str(path))
+  except (OSError, ValueError, EOFError) as e:
+    raise DataError(path, f"MatrixMarket body cannot be read ({e})") from e
+  return sp.csr_matrix(matrix, dtype=np.float32)
+
+
+def read_geo(folder, matrix="counts"):
+  """Reads a GSE175634 download into AnnData with X [cells, genes] (CSR float32) and GEO's metadata as obs.
+
+  Args:
+    folder: the folder holding the GSE175634_* files as GEO names them.
+    matrix: 'counts' (raw UMI counts) or 'sctransform' (SCTransform-corrected counts).
+
+  The metadata columns keep their GEO names (`diffday`, `individual`, `type`, ...); `individual` and `sample`
+  are strings. Cells are in the order of GSE175634_cell_indices.tsv.gz, which must match the metadata rows.
+  """
+  folder = _existing(folder)
+  if matrix not in GEO_MATRICES:
+    raise ValueError(f"data.geo_matrix must be one of {sorted(GEO_MATRICES)}, got {matrix!r}")
+  matrix_file, genes_file = (folder / name for name in GEO_MATRICES[matrix])
+  genes = _read_table(folder / genes_file, ["gene_index", "gene_name"])
+  cells = _read_table(folder / GEO_CELL_INDICES, ["cell_index", "cell_name"], dtype={"cell_name": str})
+  meta_path = folder / GEO_METADATA
+  metadata = _read_table(
+      meta_path, ["diffday", "individual", "type"], dtype={c: str for c in GEO_STRING_COLUMNS}
+  )
+  if len(metadata) != len(cells):
+    raise DataError(meta_path, f"has {len(metadata)} rows but {GEO_CELL_INDICES} lists {len(cells)} cells")
+  if "cell" in metadata.columns and not np.array_equal(metadata["cell"].to_numpy(), cells["cell_name"].to_numpy()):
+    first = int(np.argmax(metadata["cell"].to_numpy() != cells["cell_name"].to_numpy()))
+    raise DataError(
+        meta_path,
+        f"row {first + 1} is cell {metadata['cell'].iloc[first]!r} but {GEO_CELL_INDICES} has "
+        f"{cells['cell_name'].iloc[first]!r} there; the rows must be in the same order",
+    )
+  counts = _read_mtx(matrix_file, (len(genes), len(cells)), "genes x cells")
+  obs = metadata.set_index(pd.Index(cells["cell_name"].astype(str).to_numpy(), name="cell_name"))
+  var = pd.DataFrame(index=pd.Index(genes["gene_name"].astype(str).to_numpy(), name="gene_name"))
+  adata = anndata.AnnData(X=counts.T.tocsr(), obs=obs, var=var)
+  adata.var_names_make_unique()
+  adata.uns["source_path"] = str(folder)
+  return adata
+
+
+def read_h5ad(path, *, time_key, label_key, donor_key=""):
+  """Reads a user's .h5ad time course and checks that its obs has the named time, label and donor columns."""
+  path = _existing(path)
+  try:
+    adata = anndata.read_h5ad(path)
+  except (OSError, ValueError, KeyError) as e:
+    raise DataError(path, f"cannot be read as .h5ad ({e})") from e
+  for role, key in (("time", time_key), ("label", label_key), ("donor", donor_key)):
+    if key and key not in adata.obs.columns:
+      raise DataError(path, f"obs has no {role} column {key!r}; columns are {list(adata.obs.columns)}")
+  if not sp.issparse(adata.X):
+    adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
+  adata.uns["source_path"] = str(path)
+  return adata
+
+
+def read_visium(folder):
+  """Reads a Space Ranger output folder into AnnData: X [spots, genes] (CSR float32), obs with array_row/col.
+
+  Expects `filtered_feature_bc_matrix/{matrix.mtx.gz,features.tsv.gz,barcodes.tsv.gz}` (features x barcodes)
+  and `spatial/tissue_positions.csv` (Space Ranger 2.0+, with a header) or `tissue_positions_list.csv`.
+  """
+  folder = _existing(folder)
+  mtx_dir = folder / "filtered_feature_bc_matrix"
+  features = _read_table(mtx_dir / "features.tsv.gz", [], header=None, dtype=str)
+  barcodes = _read_table(mtx_dir / "barcodes.tsv.gz", [], header=None, dtype=str)
+  if features.shape[1] < 2:
+    raise DataError(mtx_dir / "features.tsv.gz", "expected gene id and gene name columns")
+  positions_path = folder / "spatial" / "tissue_positions.csv"
+  names = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
+  if positions_path.exists():
+    positions = pd.read_csv(positions_path)
+  else:
+    positions_path = _existing(folder / "spatial" / "tissue_positions_list.csv")
+    positions = pd.read_csv(positions_path, header=None, names=names)
+  missing = [c for c in names[:4] if c not in positions.columns]
+  if missing:
+    raise DataError(positions_path, f"missing column(s) {missing}")
+  counts = _read_mtx(mtx_dir / "matrix.mtx.gz", (len(features), len(barcodes)), "features x barcodes")
+  barcode_list = barcodes[0].to_numpy()
+  positions = positions.set_index("barcode")
+  absent = ~pd.Index(barcode_list).isin(positions.index)
+  if absent.any():
+    raise DataError(positions_path, f"{int(absent.sum())} barcodes of the matrix have no position, e.g. {barcode_list[absent][0]!r}")
+  obs = positions.loc[barcode_list, ["in_tissue", "array_row", "array_col"]].astype(int)
+  obs.index.name = "barcode"
+  var = pd.DataFrame({"gene_id": features[0].to_numpy()}, index=pd.Index(features[1].to_numpy(), name="gene_name"))
+  adata = anndata.AnnData(X=counts.T.tocsr(), obs=obs, var=var)
+  adata.var_names_make_unique()
+  adata.uns["source_path"] = str(folder)
+  return adata

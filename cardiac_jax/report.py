@@ -1,0 +1,99 @@
+"""Metrics -> report: restores a run's best model in a fresh process and writes workdir/report/.
+
+report/report.json   accuracy, macro-F1, per-class precision/recall/F1, confusion matrix, parameter count,
+                     split counts and the leakage audit
+report/confusion.png the test confusion matrix
+report/learning_curves.png  loss and accuracy per epoch, from metrics.jsonl
+"""
+
+import json
+import pathlib
+import shutil
+import tempfile
+
+import jax
+import matplotlib.pyplot as plt
+import numpy as np
+from absl import logging
+
+from cardiac_jax import dataset as datasets
+from cardiac_jax import metrics as metrics_lib
+from cardiac_jax import train as train_lib
+from cardiac_jax.model import count_params
+
+
+def plot_confusion(confusion, classes, path, title):
+  confusion = np.asarray(confusion)
+  fractions = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+  fig, ax = plt.subplots(figsize=(6, 5))
+  image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+  for i in range(len(classes)):
+    for j in range(len(classes)):
+      ax.text(j, i, str(confusion[i, j]), ha="center", va="center", color="white" if fractions[i, j] > 0.5 else "black", fontsize=8)
+  ax.set_xticks(range(len(classes)), classes, rotation=45)
+  ax.set_yticks(range(len(classes)), classes)
+  ax.set_xlabel("predicted")
+  ax.set_ylabel("true")
+  ax.set_title(title)
+  fig.colorbar(image, ax=ax, label="fraction of true class")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_learning_curves(history, path):
+  epochs = [r["epoch"] for r in history]
+  fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
+  for split in ("train", "val"):
+    loss_ax.plot(epochs, [r[f"{split}_loss"] for r in history], marker="o", label=split)
+    acc_ax.plot(epochs, [r[f"{split}_accuracy"] for r in history], marker="o", label=split)
+  loss_ax.set(xlabel="epoch", ylabel="loss (label-smoothed)", title="loss")
+  acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
+  for ax in (loss_ax, acc_ax):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def evaluate(workdir):
+  """Restores workdir's best model from its saved config and label encoding, and writes workdir/report/.
+
+  The data are prepared again from the saved config (deterministic given its seed); their classes and genes
+  must equal the ones the run saved. Returns the report dict.
+  """
+  workdir = pathlib.Path(workdir).expanduser()
+  config = train_lib.load_config(workdir)
+  record = json.loads((workdir / "data.json").read_text())
+  data = datasets.prepare(config)
+  train_lib.check_same_inputs(record, data, workdir / "data.json")
+  classes = record["classes"]
+  state = train_lib.create_train_state(jax.random.key(0), config, len(classes), len(record["genes"]), config.data.max_len)
+  params, meta = train_lib.restore_best_params(workdir, state.params)
+  eval_fn = train_lib.make_eval_step(state.apply_fn, config.train.label_smoothing)
+  _, logits = train_lib.predict(eval_fn, params, data.test, record["batch_size"])
+  report = metrics_lib.classification_report(data.test.labels, logits.argmax(-1), classes)
+  report.update(
+      best_epoch=meta["best_epoch"],
+      best_val_accuracy=meta["best_val_accuracy"],
+      parameters=count_params(params),
+      split_unit=config.split.unit,
+      data_source=config.data.source,
+      sequences=record["report"]["sequences"],
+      leakage=record["report"]["leakage"],
+  )
+  history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  out = workdir / "report"
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=".report-", dir=workdir))
+  (staging / "report.json").write_text(json.dumps(report, indent=2))
+  plot_confusion(
+      report["confusion_matrix"], classes, staging / "confusion.png",
+      f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
+  )
+  plot_learning_curves(history, staging / "learning_curves.png")
+  if out.exists():
+    shutil.rmtree(out)
+  staging.rename(out)
+  logging.info("test accuracy %.4f, macro-F1 %.4f; report in %s", report["accuracy"], report["macro_f1"], out)
+  return report

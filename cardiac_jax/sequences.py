@@ -1,0 +1,217 @@
+"""Split cells -> sequences: the seed's temporal sequences, spatial chains of Visium spots, and label encoding.
+
+A temporal sequence of class c takes one random cell of type c at each time point where c has cells (in the
+split's own pool), in time order, so it is 1..n_times steps long. Every sequence is z-scored over its valid
+entries (the seed's per-sequence standardisation) and zero-padded to `max_len`, with its length kept so that
+the model and the mask know where the padding starts.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+
+from cardiac_jax.errors import DataError
+
+# Visium's hexagonal grid: a spot's six neighbours as (array_row, array_col) offsets.
+HEX_NEIGHBOURS = ((0, -2), (0, 2), (-1, -1), (-1, 1), (1, -1), (1, 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelEncoding:
+  """Class names <-> consecutive ids; saved with a run so a restored model decodes labels the same way."""
+
+  classes: tuple
+
+  @classmethod
+  def fit(cls, labels):
+    return cls(tuple(sorted({str(v) for v in labels})))
+
+  def encode(self, labels, path="<data>"):
+    """[n] names -> [n] int32 ids; an unknown name is a DataError naming `path`."""
+    index = {name: i for i, name in enumerate(self.classes)}
+    labels = np.asarray(labels).astype(str)
+    unknown = sorted(set(labels.tolist()) - set(index))
+    if unknown:
+      raise DataError(path, f"unknown label(s) {unknown}; the model knows {list(self.classes)}")
+    return np.array([index[v] for v in labels], np.int32)
+
+  def decode(self, ids):
+    return np.asarray(self.classes, dtype=object)[np.asarray(ids)]
+
+  def to_json(self):
+    return json.dumps({"classes": list(self.classes)})
+
+  @classmethod
+  def from_json(cls, text):
+    return cls(tuple(json.loads(text)["classes"]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequences:
+  """A set of padded sequences.
+
+  Attributes:
+    x: [n, max_len, genes] float32, z-scored over each sequence's valid steps, zeros after them.
+    lengths: [n] int32 valid steps (padding is at the end).
+    labels: [n] int32 class ids.
+    cell_ids: [n, max_len] int64 rows of the cells used (-1 at padding and at spatial steps).
+    spatial: [n] bool, True for chains of Visium spots.
+  """
+
+  x: np.ndarray
+  lengths: np.ndarray
+  labels: np.ndarray
+  cell_ids: np.ndarray
+  spatial: np.ndarray
+
+  def __len__(self):
+    return len(self.labels)
+
+  @property
+  def mask(self):
+    """[n, max_len] bool, True at valid steps."""
+    return np.arange(self.x.shape[1])[None, :] < self.lengths[:, None]
+
+  def take(self, index):
+    return Sequences(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+
+  @staticmethod
+  def concatenate(parts):
+    return Sequences(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Sequences)))
+
+
+def standardize_and_pad(steps, lengths, max_len):
+  """Z-scores each sequence over its valid entries and zero-pads it to max_len.
+
+  Args:
+    steps: [n, steps, genes] values; entries past a sequence's length are ignored.
+    lengths: [n] valid steps, 1 <= length <= steps <= max_len.
+
+  Returns:
+    [n, max_len, genes] float32 with mean 0 and standard deviation 1 over each sequence's valid entries (a
+    constant sequence becomes zeros) and zeros at padded steps.
+  """
+  n, width, genes = steps.shape
+  valid = (np.arange(width)[None, :] < lengths[:, None])[:, :, None]
+  count = lengths.astype(np.float64) * genes
+  mean = np.where(valid, steps, 0).sum((1, 2), dtype=np.float64) / count
+  centred = np.where(valid, steps - mean[:, None, None], 0)
+  std = np.sqrt((centred.astype(np.float64) ** 2).sum((1, 2)) / count)
+  out = np.zeros((n, max_len, genes), np.float32)
+  out[:, :width] = centred / np.where(std > 0, std, 1)[:, None, None]
+  return out
+
+
+def temporal_sequences(x, labels, times, pool, *, n_per_class, n_classes, max_len, rng):
+  """The seed's temporal sequences, drawn from the cells in `pool`.
+
+  Args:
+    x: [cells, genes] log expression.
+    labels: [cells] int class ids; times: [cells] int time-point indices (0 = first).
+    pool: [m] int rows of x that may be drawn (one split's cells).
+    n_per_class: sequences per class; n_classes: number of classes (each must have cells in the pool).
+    max_len: padded length (>= number of time points).
+    rng: numpy Generator.
+
+  Returns:
+    Sequences, class by class; cells are drawn with replacement within each (class, time point).
+  """
+  parts = []
+  for c in range(n_classes):
+    members = pool[labels[pool] == c]
+    days = np.unique(times[members])
+    ids = np.empty((n_per_class, len(days)), np.int64)
+    for j, day in enumerate(days):
+      group = members[times[members] == day]
+      ids[:, j] = group[rng.integers(len(group), size=n_per_class)]
+    lengths = np.full(n_per_class, len(days), np.int32)
+    padded_ids = np.full((n_per_class, max_len), -1, np.int64)
+    padded_ids[:, : len(days)] = ids
+    parts.append(
+        Sequences(
+            x=standardize_and_pad(x[ids], lengths, max_len),
+            lengths=lengths,
+            labels=np.full(n_per_class, c, np.int32),
+            cell_ids=padded_ids,
+            spatial=np.zeros(n_per_class, bool),
+        )
+    )
+  return Sequences.concatenate(parts)
+
+
+def class_centroids(x, labels, n_classes):
+  """[n_classes, genes] mean expression of each class's cells."""
+  sums = np.zeros((n_classes, x.shape[1]))
+  np.add.at(sums, labels, x)
+  return sums / np.maximum(np.bincount(labels, minlength=n_classes), 1)[:, None]
+
+
+def pseudo_label_spots(spot_x, centroids, confidence_quantile):
+  """Nearest-centroid labels for spots, kept only where the call is confident.
+
+  Spots and centroids are centred by the centroids' gene-wise mean and compared by cosine similarity; the
+  margin between the best and the second-best class measures confidence.
+
+  Args:
+    spot_x: [spots, shared genes] log expression; centroids: [classes, shared genes].
+    confidence_quantile: spots whose margin is below this quantile of all margins get label -1.
+
+  Returns:
+    [spots] int32 labels, -1 for spots that are not confident.
+  """
+  centre = centroids.mean(0)
+  a = spot_x - centre
+  b = centroids - centre
+  a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+  b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+  similarity = a @ b.T
+  top2 = np.sort(similarity, axis=1)[:, -2:]
+  margin = top2[:, 1] - top2[:, 0]
+  labels = similarity.argmax(1).astype(np.int32)
+  labels[margin < np.quantile(margin, confidence_quantile)] = -1
+  return labels
+
+
+def spatial_sequences(spot_x, rows, cols, spot_labels, *, n, chain_len, max_len, rng):
+  """Chains of spatially adjacent spots that share one pseudo-label.
+
+  Each chain starts at a random labelled spot and walks to a random unvisited hexagonal neighbour with the same
+  label until it has `chain_len` spots or no such neighbour is left.
+
+  Args:
+    spot_x: [spots, genes] log expression on the model's genes.
+    rows, cols: [spots] Visium array_row / array_col.
+    spot_labels: [spots] int class ids, -1 for spots to leave out.
+    n: number of chains; chain_len: the longest chain (<= max_len).
+
+  Returns:
+    (Sequences with spatial=True and cell_ids -1, [n, max_len] spot ids of the chains with -1 at padding).
+  """
+  at = {(r, c): i for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist()))}
+  starts = np.flatnonzero(spot_labels >= 0)
+  if len(starts) == 0:
+    raise ValueError("no confidently labelled spots to build spatial sequences from")
+  chains = np.full((n, max_len), -1, np.int64)
+  lengths = np.zeros(n, np.int32)
+  for k in range(n):
+    chain = [int(rng.choice(starts))]
+    label = spot_labels[chain[0]]
+    while len(chain) < chain_len:
+      r, c = rows[chain[-1]], cols[chain[-1]]
+      options = [at[(r + dr, c + dc)] for dr, dc in HEX_NEIGHBOURS if (r + dr, c + dc) in at]
+      options = [i for i in options if spot_labels[i] == label and i not in chain]
+      if not options:
+        break
+      chain.append(int(rng.choice(options)))
+    chains[k, : len(chain)] = chain
+    lengths[k] = len(chain)
+  chain_x = spot_x[np.maximum(chains, 0)]
+  sequences = Sequences(
+      x=standardize_and_pad(chain_x, lengths, max_len),
+      lengths=lengths,
+      labels=spot_labels[chains[:, 0]].astype(np.int32),
+      cell_ids=np.full((n, max_len), -1, np.int64),
+      spatial=np.ones(n, bool),
+  )
+  return sequences, chains

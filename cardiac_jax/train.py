@@ -1,0 +1,356 @@
+"""Batches -> a trained model: the seed's training recipe, with Orbax checkpoints and per-epoch metrics.
+
+The recipe (seed section 5.2): AdamW (weight decay 0.01, eps 1e-8) after global-norm clipping at 1.0,
+cross-entropy with label smoothing 0.1, the learning rate halved when the validation loss has not improved for
+3 epochs (PyTorch's ReduceLROnPlateau), and early stopping after 8 epochs without a better validation accuracy.
+
+A workdir holds everything a run writes:
+  config.json      the config, so eval.py and a resumed run use the same one
+  data.json        label encoding, input genes, time points, split counts and the leakage audit
+  metrics.jsonl    one line per epoch
+  checkpoints/     Orbax: best/ (parameters of the best validation accuracy) and latest/ (the full state)
+  results.json     final train/val/test accuracy of the best model
+"""
+
+import functools
+import json
+import logging as std_logging
+import os
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from absl import logging
+from flax.training import train_state
+from tqdm import tqdm
+
+from cardiac_jax import batches as batching
+from cardiac_jax import dataset as datasets
+from cardiac_jax import metrics as metrics_lib
+from cardiac_jax.model import EnhancedCardiacRNN, count_params
+
+
+def quiet_dependency_logs():
+  """Keeps the INFO lines of Orbax and JAX internals out of the run's log; their warnings still show."""
+  own = os.sep + "cardiac_jax" + os.sep
+
+  def keep(record):
+    return record.levelno >= std_logging.WARNING or own in record.pathname
+
+  logging.get_absl_handler().addFilter(keep)
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the reduce-on-plateau state whose `scale` multiplies every update.
+
+  The plateau transform needs the validation loss on each of its updates, so it cannot sit in the gradient
+  chain; it is advanced once per epoch by `plateau_step` and only its scale is read by `train_step`.
+  """
+
+  plateau: optax.contrib.ReduceLROnPlateauState
+
+
+def create_model(model_config, num_classes):
+  return EnhancedCardiacRNN(num_classes=num_classes, **model_config.to_dict())
+
+
+def make_optimizer(train_config):
+  return optax.chain(
+      optax.clip_by_global_norm(train_config.clip_norm),
+      optax.adamw(train_config.learning_rate, weight_decay=train_config.weight_decay, eps=train_config.adam_eps),
+  )
+
+
+def make_plateau(train_config):
+  """optax's reduce_on_plateau with PyTorch's meaning of patience (optax reduces one epoch earlier)."""
+  return optax.contrib.reduce_on_plateau(
+      factor=train_config.plateau_factor, patience=train_config.plateau_patience + 1, rtol=1e-4
+  )
+
+
+def create_train_state(rng, config, num_classes, n_genes, max_len):
+  """A fresh TrainState; parameters are initialised on a [1, max_len, n_genes] dummy batch."""
+  model = create_model(config.model, num_classes)
+  x = jnp.zeros((1, max_len, n_genes), jnp.float32)
+  init = jax.jit(functools.partial(model.init, train=False))
+  params = init({"params": rng}, x, jnp.ones((1,), jnp.int32))["params"]
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=params,
+      tx=make_optimizer(config.train),
+      plateau=make_plateau(config.train).init(params),
+  )
+
+
+def train_step(state, batch, rng, *, label_smoothing):
+  """One optimisation step on a batch; dropout keys are `fold_in(rng, state.step)`.
+
+  Args:
+    state: TrainState.
+    batch: x [batch, steps, genes], lengths [batch], labels [batch], mask [batch] (0 for fill examples).
+    rng: the run's dropout key.
+
+  Returns:
+    (new state, metric sums of the batch as metrics.batch_sums gives them).
+  """
+  dropout_rng = jax.random.fold_in(rng, state.step)
+
+  def loss_fn(params):
+    logits = state.apply_fn(
+        {"params": params}, batch["x"], batch["lengths"], train=True, rngs={"dropout": dropout_rng}
+    )
+    sums = metrics_lib.batch_sums(logits, batch["labels"], batch["mask"], label_smoothing)
+    return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
+
+  grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+  return new_state, sums
+
+
+def eval_step(params, apply_fn, batch, *, label_smoothing):
+  """Metric sums and logits [batch, classes] of a batch, without dropout."""
+  logits = apply_fn({"params": params}, batch["x"], batch["lengths"], train=False)
+  return metrics_lib.batch_sums(logits, batch["labels"], batch["mask"], label_smoothing), logits
+
+
+def plateau_step(state, plateau, val_loss):
+  """Advances reduce-on-plateau by one epoch with the validation loss."""
+  _, plateau_state = plateau.update({}, state.plateau, value=jnp.asarray(val_loss, jnp.float32))
+  return state.replace(plateau=plateau_state)
+
+
+def make_eval_step(apply_fn, label_smoothing):
+  """eval_step jitted once for a model, so every evaluation of a run reuses one compiled function."""
+  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, label_smoothing=label_smoothing))
+
+
+def predict(eval_fn, params, sequences, batch_size):
+  """Runs a jitted eval step over all sequences. Returns (normalised metrics, logits [n, classes] as numpy)."""
+  sums, outputs = {}, []
+  for batch in batching.iterate(sequences, batch_size):
+    batch_sums, logits = eval_fn(params, batch=batch)
+    sums = metrics_lib.add(sums, batch_sums)
+    outputs.append(np.asarray(logits)[batch["mask"] > 0])
+  return metrics_lib.normalize(sums), np.concatenate(outputs)
+
+
+def write_atomic(path, text):
+  """Writes text to path through a temporary file and a rename, so the file is complete or absent."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def config_to_json(config):
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def load_config(workdir):
+  """The ConfigDict a workdir's run used."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.exists():
+    raise FileNotFoundError(f"{path}: no config.json; is {workdir} a cardiac_jax workdir?")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+class Checkpoints:
+  """Orbax managers for a workdir: `best` keeps the parameters of the best epoch, `latest` the full state."""
+
+  def __init__(self, workdir):
+    root = pathlib.Path(workdir).absolute() / "checkpoints"
+    self.best = ocp.CheckpointManager(
+        root / "best",
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda meta: meta["val_accuracy"], best_mode="max", create=True
+        ),
+        item_names=("params", "meta"),
+    )
+    self.latest = ocp.CheckpointManager(
+        root / "latest", options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True), item_names=("state", "meta")
+    )
+
+  def save(self, epoch, state, meta, improved):
+    """Saves the latest state, and the parameters too when the epoch improved on the best."""
+    if improved:
+      self.best.save(epoch, args=ocp.args.Composite(params=ocp.args.StandardSave(state.params), meta=ocp.args.JsonSave(meta)), metrics=meta)
+    self.latest.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(_saved(state)), meta=ocp.args.JsonSave(meta)))
+
+  def restore_latest(self, state):
+    """(state, meta) of the latest epoch, or (state, None) when there is none."""
+    epoch = self.latest.latest_step()
+    if epoch is None:
+      return state, None
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved(state))
+    restored = self.latest.restore(
+        epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    )
+    return state.replace(**restored["state"]), restored["meta"]
+
+  def close(self):
+    for manager in (self.best, self.latest):
+      manager.wait_until_finished()
+      manager.close()
+
+
+def _saved(state):
+  return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "plateau": state.plateau}
+
+
+def restore_best_params(workdir, params_like):
+  """The best-validation parameters saved in workdir, shaped like `params_like`. Also returns their meta."""
+  manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints" / "best", item_names=("params", "meta"))
+  epoch = manager.latest_step()
+  if epoch is None:
+    raise FileNotFoundError(f"{workdir}/checkpoints/best: no checkpoint; train first")
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like)
+  restored = manager.restore(
+      epoch, args=ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+  )
+  manager.close()
+  return restored["params"], restored["meta"]
+
+
+def data_record(data, batch_size):
+  """What data.json keeps of a Dataset: enough to decode labels and to check a restored run's inputs."""
+  return {
+      "classes": list(data.encoding.classes),
+      "genes": list(data.genes),
+      "time_points": list(data.time_points),
+      "batch_size": batch_size,
+      "report": data.report,
+  }
+
+
+def check_same_inputs(expected, data, where):
+  """Raises if `data` has other classes or genes than the record `expected` (from data.json)."""
+  if list(data.encoding.classes) != expected["classes"]:
+    raise ValueError(f"{where}: classes {expected['classes']} differ from this data's {list(data.encoding.classes)}")
+  if list(data.genes) != expected["genes"]:
+    raise ValueError(f"{where}: the input genes differ from this data's genes")
+
+
+def _prepare_workdir(config, workdir):
+  """Creates workdir, or checks that an existing one was made with this very config (to resume it)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  saved = workdir / "config.json"
+  if saved.exists() and saved.read_text() != config_to_json(config):
+    raise ValueError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
+
+
+def train_and_evaluate(config, workdir):
+  """Trains the seed's model on the configured data; resumes if workdir holds an unfinished run of this config.
+
+  Returns:
+    dict of final results (also written to workdir/results.json).
+  """
+  workdir = pathlib.Path(workdir).expanduser()
+  data = datasets.prepare(config)
+  _prepare_workdir(config, workdir)
+  batch_size = config.train.batch_size or batching.adaptive_batch_size(len(data.train))
+  write_atomic(workdir / "config.json", config_to_json(config))
+  write_atomic(workdir / "data.json", json.dumps(data_record(data, batch_size), indent=2))
+
+  num_classes = len(data.encoding.classes)
+  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
+  state = create_train_state(init_rng, config, num_classes, len(data.genes), config.data.max_len)
+  n_params = count_params(state.params)
+  if config.init_from:
+    init_dir = pathlib.Path(config.init_from).expanduser()
+    check_same_inputs(json.loads((init_dir / "data.json").read_text()), data, init_dir)
+    params, _ = restore_best_params(init_dir, state.params)
+    state = state.replace(params=params)
+    logging.info("warm start from %s", init_dir)
+
+  checkpoints = Checkpoints(workdir)
+  state, meta = checkpoints.restore_latest(state)
+  tracker = meta or {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "epochs_since_best": 0}
+  history = _read_history(workdir, tracker["epoch"])
+  if meta:
+    logging.info("resuming %s after epoch %d", workdir, tracker["epoch"])
+
+  step = jax.jit(functools.partial(train_step, label_smoothing=config.train.label_smoothing), donate_argnums=0)
+  eval_fn = make_eval_step(state.apply_fn, config.train.label_smoothing)
+  plateau = make_plateau(config.train)
+  n_batches = batching.num_batches(len(data.train), batch_size)
+  logging.info(
+      "model: %s parameters; training on %d sequences, batch %d, up to %d epochs",
+      f"{n_params:,}", len(data.train), batch_size, config.train.num_epochs,
+  )
+  stopped_early = tracker["epochs_since_best"] >= config.train.early_stop_patience
+  for epoch in range(tracker["epoch"] + 1, config.train.num_epochs + 1):
+    if stopped_early:
+      break
+    start = time.perf_counter()
+    sums = {}
+    shuffle = np.random.default_rng([config.seed, 3, epoch])
+    batches = tqdm(batching.iterate(data.train, batch_size, shuffle), total=n_batches, desc=f"epoch {epoch}", leave=False, disable=None)
+    for batch in batches:
+      state, batch_sums = step(state, batch, dropout_rng)
+      sums = metrics_lib.add(sums, batch_sums)
+    train_metrics = metrics_lib.normalize(sums)
+    train_seconds = time.perf_counter() - start
+    val_metrics, _ = predict(eval_fn, state.params, data.val, batch_size)
+    learning_rate = config.train.learning_rate * float(state.plateau.scale)
+    state = plateau_step(state, plateau, val_metrics["loss"])
+    improved = val_metrics["accuracy"] > tracker["best_val_accuracy"]
+    if improved:
+      tracker.update(best_val_accuracy=val_metrics["accuracy"], best_epoch=epoch, epochs_since_best=0)
+    else:
+      tracker["epochs_since_best"] += 1
+    tracker["epoch"] = epoch
+    record = {
+        "epoch": epoch,
+        "train_loss": train_metrics["loss"],
+        "train_accuracy": train_metrics["accuracy"],
+        "val_loss": val_metrics["loss"],
+        "val_accuracy": val_metrics["accuracy"],
+        "learning_rate": learning_rate,
+        "sequences_per_second": len(data.train) / train_seconds,
+        "seconds": time.perf_counter() - start,
+    }
+    checkpoints.save(epoch, state, dict(tracker, val_accuracy=val_metrics["accuracy"]), improved)
+    history.append(record)
+    write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    logging.info(
+        "epoch %3d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f seq/s%s",
+        epoch, record["train_loss"], record["train_accuracy"], record["val_loss"], record["val_accuracy"],
+        learning_rate, record["sequences_per_second"], "  *best" if improved else "",
+    )
+    stopped_early = tracker["epochs_since_best"] >= config.train.early_stop_patience
+  checkpoints.close()
+  if stopped_early:
+    logging.info("early stop: no better validation accuracy for %d epochs", config.train.early_stop_patience)
+
+  params, best_meta = restore_best_params(workdir, state.params)
+  results = {"best_epoch": best_meta["best_epoch"], "epochs_run": tracker["epoch"], "parameters": n_params}
+  for name, sequences in data.splits.items():
+    split_metrics, _ = predict(eval_fn, params, sequences, batch_size)
+    results[f"{name}_accuracy"] = split_metrics["accuracy"]
+    results[f"{name}_loss"] = split_metrics["loss"]
+  results["train_val_gap"] = results["train_accuracy"] - results["val_accuracy"]
+  results["split_unit"] = config.split.unit
+  results["data_source"] = config.data.source
+  write_atomic(workdir / "results.json", json.dumps(results, indent=2))
+  logging.info(
+      "best epoch %d: test accuracy %.4f (train %.4f, val %.4f, gap %.4f); split unit %r, data %r",
+      results["best_epoch"], results["test_accuracy"], results["train_accuracy"], results["val_accuracy"],
+      results["train_val_gap"], config.split.unit, config.data.source,
+  )
+  return results
+
+
+def _read_history(workdir, up_to_epoch):
+  """metrics.jsonl records of epochs <= up_to_epoch (a resumed run drops epochs it has no checkpoint for)."""
+  path = workdir / "metrics.jsonl"
+  if not path.exists():
+    return []
+  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return [r for r in records if r["epoch"] <= up_to_epoch]

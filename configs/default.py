@@ -1,0 +1,89 @@
+"""Shared defaults: every number the seed names lives here; scales override a few.
+
+Read `../shared/design/seed-notes.md` for where these readings of the seed come from.
+"""
+
+import ml_collections
+
+# GSE175634's seven differentiation days, in order.
+GSE175634_DAYS = ("day0", "day1", "day3", "day5", "day7", "day11", "day15")
+
+
+def get_config():
+  """The seed's method with its base-scale numbers, on the built-in simulated data."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # Warm start from another run's best checkpoint (progressive scaling): a workdir, or ''.
+  config.init_from = ""
+
+  config.data = ml_collections.ConfigDict()
+  # 'simulated' (built-in GSE175634 look-alike), 'geo' (a GSE175634 download), or 'h5ad'.
+  config.data.source = "simulated"
+  # geo: the folder holding the GSE175634_* files; h5ad: the .h5ad file.
+  config.data.path = ""
+  # geo: 'counts' (raw UMI) or 'sctransform' (SCTransform-corrected counts).
+  config.data.geo_matrix = "counts"
+  config.data.time_key = "diffday"
+  config.data.label_key = "type"
+  # Optional for h5ad ('' = no donor column); required for split.unit='donor'.
+  config.data.donor_key = "individual"
+  # Order of the time points; () = natural sort of the values found.
+  config.data.time_order = GSE175634_DAYS
+  # 'auto' (detect), 'counts' (raw counts), 'linear' (FPKM/TPM/CPM), or 'log' (already log).
+  config.data.normalization = "auto"
+  config.data.target_sum = 1e4
+  # Genes fed to the model: highly variable genes chosen on training cells (seed's input_dim).
+  config.data.n_genes = 200
+  # HVG flavour for count data; log/linear data use 'seurat' (seurat_v3 needs counts).
+  config.data.hvg_flavor = "seurat_v3"
+  # Steps a sequence is padded to: the 7 days; 100 reproduces the seed's padding.
+  config.data.max_len = 7
+  # Temporal sequences per cell type (all splits together) and spatial sequences (train only).
+  config.data.n_per_type = 1000
+  config.data.n_spatial = 500
+  # Visium data (Space Ranger layout) for spatial sequences; '' = simulated (simulated source only).
+  config.data.spatial_path = ""
+  # Spots kept for pseudo-labelling: those whose centroid-correlation margin is at least this quantile.
+  config.data.spatial_confidence_quantile = 0.5
+  # Where the simulated data set and prepared-data caches are written.
+  config.data.cache_dir = "~/.cache/cardiac_jax"
+
+  # The built-in simulated GSE175634 (used when data.source == 'simulated').
+  config.sim = ml_collections.ConfigDict()
+  config.sim.n_cells = 20000
+  config.sim.n_genes = 4000
+  config.sim.n_donors = 19
+  config.sim.n_spots = 4000
+  config.sim.n_spot_genes = 2000
+  config.sim.seed = 0
+
+  config.split = ml_collections.ConfigDict()
+  # 'sequence' (the seed's, leaky), 'cell' or 'donor'.
+  config.split.unit = "donor"
+  config.split.fractions = (0.7, 0.2, 0.1)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.hidden_dim = 128
+  config.model.num_layers = 3
+  config.model.num_heads = 8
+  config.model.dropout = 0.3
+  config.model.input_dropout = 0.15
+  config.model.head_dims = (128, 64)
+  config.model.use_attention = True
+  config.model.bidirectional = True
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_epochs = 30
+  config.train.learning_rate = 0.002
+  config.train.weight_decay = 0.01
+  config.train.adam_eps = 1e-8
+  config.train.clip_norm = 1.0
+  config.train.label_smoothing = 0.1
+  # 0 = adaptive to the training-set size (16..64), see cardiac_jax.batches.adaptive_batch_size.
+  config.train.batch_size = 0
+  # ReduceLROnPlateau on validation loss, in PyTorch's meaning (patience 3 = optax patience 4).
+  config.train.plateau_factor = 0.5
+  config.train.plateau_patience = 3
+  # Early stopping: epochs without a better validation accuracy.
+  config.train.early_stop_patience = 8
+  return config

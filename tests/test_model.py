@@ -1,0 +1,177 @@
+"""Tests of cardiac_jax.model: parameter count, shapes, masking invariances, dropout.
+
+All but the parameter-count test use a small model (12 genes, hidden 8, 2 heads, 2 layers) and few
+input shapes, since every new shape is an XLA compile.
+"""
+
+from absl.testing import absltest
+from absl.testing import parameterized
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from cardiac_jax import model as model_lib
+
+GENES = 12
+SMALL = dict(num_classes=3, hidden_dim=8, num_layers=2, num_heads=2, head_dims=(8, 4))
+
+
+def _inputs(seed, batch, steps, lengths):
+  """Random `[batch, steps, GENES]` inputs whose padded steps are zero, and `[batch]` lengths."""
+  lengths = jnp.asarray(lengths, jnp.int32)
+  x = jax.random.normal(jax.random.key(seed), (batch, steps, GENES))
+  return jnp.where(model_lib.valid_mask(lengths, steps)[..., None], x, 0.0), lengths
+
+
+class HelpersTest(absltest.TestCase):
+
+  def test_valid_mask(self):
+    mask = model_lib.valid_mask(jnp.array([3, 1, 4]), 4)
+    np.testing.assert_array_equal(
+        mask, [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    self.assertEqual(mask.dtype, jnp.bool_)
+
+  def test_count_params(self):
+    tree = {'a': {'kernel': jnp.zeros((3, 4)), 'bias': jnp.zeros(4)},
+            'b': jax.ShapeDtypeStruct((2, 5), jnp.float32)}
+    self.assertEqual(model_lib.count_params(tree), 26)
+
+
+class ParamCountTest(absltest.TestCase):
+
+  def test_default_model_on_200_genes(self):
+    """The seed's model: 1,386,375 PyTorch parameters less 6 x 512 second LSTM biases."""
+    model = model_lib.EnhancedCardiacRNN()
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((2, 7, 200)),
+                           jnp.ones(2, jnp.int32), train=False))
+    self.assertEqual(set(variables), {'params'})
+    params = variables['params']
+    self.assertEqual(model_lib.count_params(params), 1_383_303)
+    self.assertEqual(
+        set(params),
+        {'input_proj', 'input_norm', 'lstm_0', 'lstm_1', 'lstm_2', 'attention',
+         'attention_norm', 'head_0', 'head_norm_0', 'head_1', 'head_norm_1', 'classifier'})
+    # The blocks of the seed-notes table, with Flax's single LSTM bias per gate.
+    count = lambda *names: sum(model_lib.count_params(params[n]) for n in names)
+    self.assertEqual(count('input_proj', 'input_norm'), 25_984)
+    self.assertEqual(count('lstm_0', 'lstm_1', 'lstm_2'), 1_054_720 - 6 * 512)
+    self.assertEqual(count('attention', 'attention_norm'), 263_680)
+    self.assertEqual(
+        count('head_0', 'head_norm_0', 'head_1', 'head_norm_1', 'classifier'), 41_991)
+    for layer in ('lstm_0', 'lstm_1', 'lstm_2'):
+      self.assertEqual(set(params[layer]), {'forward', 'backward'})
+
+
+class EnhancedCardiacRNNTest(chex.TestCase):
+
+  @classmethod
+  def setUpClass(cls):
+    super().setUpClass()
+    cls.model = model_lib.EnhancedCardiacRNN(**SMALL)
+    # staticmethod: a jitted function set on a class would otherwise bind `self` like a method.
+    cls.apply = staticmethod(jax.jit(cls.model.apply, static_argnames='train'))
+    x, lengths = _inputs(0, 3, 5, [5, 2, 1])
+    cls.variables = jax.jit(cls.model.init, static_argnames='train')(
+        jax.random.key(0), x, lengths, train=False)
+
+  def _logits(self, x, lengths, train=False, seed=0):
+    return self.apply(self.variables, x, lengths, train=train,
+                      rngs={'dropout': jax.random.key(seed)})
+
+  @chex.variants(with_jit=True, without_jit=True)
+  @parameterized.named_parameters(
+      ('one_step_eval', 1, 1, [1], False),
+      ('mixed_lengths_train', 4, 6, [6, 3, 1, 2], True),
+  )
+  def test_logits_shape(self, batch, steps, lengths, train):
+    x, lengths = _inputs(1, batch, steps, lengths)
+    apply = self.variant(
+        lambda v, x, lengths, rng: self.model.apply(
+            v, x, lengths, train=train, rngs={'dropout': rng}))
+    logits = apply(self.variables, x, lengths, jax.random.key(2))
+    chex.assert_shape(logits, (batch, SMALL['num_classes']))
+    chex.assert_tree_all_finite(logits)
+
+  @parameterized.named_parameters(
+      ('no_attention', dict(use_attention=False), {'attention', 'attention_norm'}),
+      ('unidirectional', dict(bidirectional=False), set()),
+      ('one_layer', dict(num_layers=1), {'lstm_1'}),
+      ('no_head_layers', dict(head_dims=()),
+       {'head_0', 'head_norm_0', 'head_1', 'head_norm_1'}),
+  )
+  def test_ablation(self, overrides, missing):
+    """Each switch runs, gives logits of the right shape and drops exactly its parameters."""
+    model = model_lib.EnhancedCardiacRNN(**{**SMALL, **overrides})
+    x, lengths = _inputs(3, 3, 5, [5, 2, 1])
+    logits, variables = jax.jit(model.init_with_output, static_argnames='train')(
+        jax.random.key(0), x, lengths, train=False)
+    chex.assert_shape(logits, (3, SMALL['num_classes']))
+    chex.assert_tree_all_finite(logits)
+    params, full = variables['params'], self.variables['params']
+    self.assertEqual(set(params), set(full) - missing)
+    cells = {'forward', 'backward'} if model.bidirectional else {'forward'}
+    for layer in range(model.num_layers):
+      self.assertEqual(set(params[f'lstm_{layer}']), cells)
+    self.assertLess(model_lib.count_params(params), model_lib.count_params(full))
+
+  def test_padded_values_do_not_matter(self):
+    x, lengths = _inputs(4, 3, 5, [5, 2, 1])
+    noise = 100.0 * jax.random.normal(jax.random.key(5), x.shape)
+    noisy = jnp.where(model_lib.valid_mask(lengths, 5)[..., None], x, noise)
+    self.assertGreater(float(jnp.abs(noisy - x).max()), 1.0)
+    np.testing.assert_allclose(
+        self._logits(noisy, lengths), self._logits(x, lengths), atol=1e-5)
+
+  def test_padding_length_does_not_matter(self):
+    x, lengths = _inputs(6, 3, 5, [5, 2, 1])
+    longer = jnp.concatenate(
+        [x, jax.random.normal(jax.random.key(7), (3, 4, GENES))], axis=1)
+    np.testing.assert_allclose(
+        self._logits(longer, lengths), self._logits(x, lengths), atol=1e-5)
+
+  def test_backward_direction_starts_at_last_valid_step(self):
+    """Each padded row's outputs at valid steps equal those of the row run unpadded."""
+    layer = model_lib.LSTMLayer(hidden_dim=8, bidirectional=True)
+    apply = jax.jit(layer.apply)
+    x, lengths = _inputs(8, 2, 6, [4, 2])
+    x = x + jnp.where(model_lib.valid_mask(lengths, 6)[..., None], 0.0, 3.0)
+    variables = jax.jit(layer.init)(jax.random.key(9), x, lengths)
+    padded = apply(variables, x, lengths)
+    chex.assert_shape(padded, (2, 6, 16))
+    for row, length in enumerate([4, 2]):
+      alone = apply(variables, x[row:row + 1, :length], lengths[row:row + 1])
+      np.testing.assert_allclose(padded[row:row + 1, :length], alone, atol=1e-5)
+
+  def test_dropout(self):
+    x, lengths = _inputs(10, 3, 5, [5, 2, 1])
+    train_a = self._logits(x, lengths, train=True, seed=1)
+    train_b = self._logits(x, lengths, train=True, seed=2)
+    eval_a = self._logits(x, lengths, train=False, seed=1)
+    eval_b = self._logits(x, lengths, train=False, seed=2)
+    self.assertGreater(float(jnp.abs(train_a - train_b).max()), 1e-3)
+    self.assertGreater(float(jnp.abs(train_a - eval_a).max()), 1e-3)
+    np.testing.assert_array_equal(eval_a, eval_b)
+    np.testing.assert_array_equal(eval_a, self._logits(x, lengths, train=False, seed=1))
+
+  def test_length_one(self):
+    """Rows of one valid step give finite logits and gradients in both modes."""
+    x, lengths = _inputs(11, 3, 5, [1, 1, 1])
+    for train in (False, True):
+      chex.assert_tree_all_finite(self._logits(x, lengths, train=train))
+
+    def loss(params):
+      logits = self.model.apply(
+          {'params': params}, x, lengths, train=True,
+          rngs={'dropout': jax.random.key(0)})
+      return jnp.sum(logits ** 2)
+
+    grads = jax.jit(jax.grad(loss))(self.variables['params'])
+    chex.assert_tree_all_finite(grads)
+    self.assertGreater(
+        float(sum(jnp.abs(g).sum() for g in jax.tree_util.tree_leaves(grads))), 0.0)
+
+
+if __name__ == '__main__':
+  absltest.main()

@@ -1,0 +1,78 @@
+"""Quality control, normalisation detection and gene choice on training cells only."""
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from cardiac_jax import preprocess
+from cardiac_jax.errors import DataError
+
+
+def _adata(x, days, labels, donors=None):
+  obs = pd.DataFrame({"day": days, "label": labels}, index=[f"c{i}" for i in range(len(days))])
+  if donors is not None:
+    obs["donor"] = donors
+  adata = anndata.AnnData(X=sp.csr_matrix(np.asarray(x, np.float32)), obs=obs)
+  adata.uns["source_path"] = "fake.h5ad"
+  return adata
+
+
+def test_quality_control_counts_and_drops():
+  x = np.array([[1, 2, 0], [0, 0, 0], [np.nan, 3, 1], [4, np.inf, 1], [1, 1, 1], [2, 0, 1]])
+  adata = _adata(x, ["d2", "d2", "d10", None, "d1", "d1"], ["A", "B", "A", "B", "", "B"])
+  kept, times, report = preprocess.quality_control(adata, time_key="day", label_key="label", time_order=())
+  assert report["nonfinite_values_set_to_zero"] == 2
+  assert report["dropped_no_counts"] == 1
+  assert report["dropped_no_time"] == 1
+  assert report["dropped_no_label"] == 1
+  assert report["cells_kept"] == 3 == kept.n_obs
+  assert list(kept.obs_names) == ["c0", "c2", "c5"]
+  assert times == ("d1", "d2", "d10")  # natural order, not 'd1' < 'd10' < 'd2'
+  assert np.isfinite(kept.X.data).all()
+
+
+def test_quality_control_time_order_and_missing_column():
+  adata = _adata(np.ones((3, 2)), ["d0", "d1", "d7"], ["A", "B", "A"])
+  _, times, _ = preprocess.quality_control(adata, time_key="day", label_key="label", time_order=("d0", "d1", "d3", "d7"))
+  assert times == ("d0", "d1", "d3", "d7")
+  with pytest.raises(DataError, match=r"fake.h5ad.*\['d7'\].*not in time_order"):
+    preprocess.quality_control(adata, time_key="day", label_key="label", time_order=("d0", "d1"))
+  with pytest.raises(DataError, match="fake.h5ad.*no donor column 'donor'"):
+    preprocess.quality_control(adata, time_key="day", label_key="label", donor_key="donor")
+
+
+@pytest.mark.parametrize(
+    "values, kind",
+    [([0, 1, 5, 200], "counts"), ([0, 0.5, 12.25, 900.5], "linear"), ([0, 0.69, 2.3, 5.1], "log"), ([-1.2, 0.3, 2.0], "log")],
+)
+def test_detect_normalization(values, kind):
+  assert preprocess.detect_normalization(sp.csr_matrix(np.array([values], np.float32))) == kind
+
+
+def test_genes_are_chosen_on_training_cells_only():
+  rng = np.random.default_rng(0)
+  n_cells, n_genes = 400, 300
+  means = rng.permutation(np.linspace(1, 20, n_genes))
+  means[[3, 7]] = 10
+  x = rng.poisson(means, size=(n_cells, n_genes)).astype(np.float32)
+  train = np.arange(200)
+  x[:200, 3] = rng.choice([0, 20], size=200)  # variable among training cells
+  x[200:, 7] = rng.choice([0, 20], size=200)  # variable among the other cells only
+  for flavor in ("seurat_v3", "seurat"):
+    adata = _adata(x, ["d0"] * n_cells, ["A"] * n_cells)
+    out, genes, kind = preprocess.normalize_and_select(adata, train, n_genes=5, hvg_flavor=flavor)
+    assert kind == "counts"
+    assert out.shape == (n_cells, 5) and out.dtype == np.float32
+    assert adata.var_names[3] in genes
+    assert adata.var_names[7] not in genes
+    column = list(adata.var_names).index(genes[0])
+    totals = x.sum(1)
+    np.testing.assert_allclose(out[:, 0], np.log1p(x[:, column] / totals * 1e4), rtol=1e-4)
+
+
+def test_too_many_genes_requested():
+  adata = _adata(np.ones((4, 3)), ["d0"] * 4, ["A"] * 4)
+  with pytest.raises(DataError, match="n_genes=10 but the data have only 3 genes"):
+    preprocess.normalize_and_select(adata, np.arange(4), n_genes=10)

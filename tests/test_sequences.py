@@ -1,0 +1,112 @@
+"""Temporal and spatial sequences: lengths, masks, labels, z-scores, label encoding; and fixed-shape batches."""
+
+import numpy as np
+import pytest
+
+from cardiac_jax import batches, sequences
+from cardiac_jax.errors import DataError
+
+
+def _cells(seed=0):
+  """60 cells of 3 classes over 4 time points; class 2 only at time points 2 and 3."""
+  rng = np.random.default_rng(seed)
+  labels = np.repeat([0, 1, 2], 20)
+  times = np.concatenate([np.arange(20) % 4, np.arange(20) % 4, 2 + np.arange(20) % 2])
+  x = rng.normal(size=(60, 5)) * 3 + 2
+  return x, labels, times
+
+
+def test_temporal_sequences():
+  x, labels, times = _cells()
+  rng = np.random.default_rng(0)
+  seqs = sequences.temporal_sequences(x, labels, times, np.arange(60), n_per_class=8, n_classes=3, max_len=6, rng=rng)
+  assert seqs.x.shape == (24, 6, 5) and seqs.x.dtype == np.float32
+  np.testing.assert_array_equal(seqs.lengths, [4] * 16 + [2] * 8)
+  np.testing.assert_array_equal(seqs.labels, np.repeat([0, 1, 2], 8))
+  np.testing.assert_array_equal(seqs.mask.sum(1), seqs.lengths)
+  for i in range(len(seqs)):
+    ids = seqs.cell_ids[i, : seqs.lengths[i]]
+    assert (labels[ids] == seqs.labels[i]).all()  # every cell has the sequence's type
+    assert (np.diff(times[ids]) > 0).all()  # one cell per time point, in time order
+    assert (seqs.cell_ids[i, seqs.lengths[i] :] == -1).all()
+    valid = seqs.x[i, : seqs.lengths[i]]
+    np.testing.assert_allclose(valid.mean(), 0, atol=1e-5)
+    np.testing.assert_allclose(valid.std(), 1, atol=1e-5)
+    assert (seqs.x[i, seqs.lengths[i] :] == 0).all()
+    raw = x[ids]
+    np.testing.assert_allclose(valid, (raw - raw.mean()) / raw.std(), atol=1e-5)
+  assert not seqs.spatial.any()
+
+
+def test_temporal_sequences_respect_the_pool():
+  x, labels, times = _cells()
+  pool = np.arange(0, 60, 2)
+  seqs = sequences.temporal_sequences(
+      x, labels, times, pool, n_per_class=30, n_classes=3, max_len=4, rng=np.random.default_rng(1)
+  )
+  used = seqs.cell_ids[seqs.cell_ids >= 0]
+  assert set(used) <= set(pool)
+
+
+def test_standardize_constant_sequence_is_zero():
+  out = sequences.standardize_and_pad(np.full((1, 2, 3), 7.0), np.array([2]), 4)
+  assert out.shape == (1, 4, 3) and (out == 0).all()
+
+
+def test_label_encoding_round_trip_and_unknown_label():
+  encoding = sequences.LabelEncoding.fit(["CM", "IPSC", "CF", "CM"])
+  assert encoding.classes == ("CF", "CM", "IPSC")
+  ids = encoding.encode(["IPSC", "CF"])
+  np.testing.assert_array_equal(ids, [2, 0])
+  assert list(encoding.decode(ids)) == ["IPSC", "CF"]
+  assert sequences.LabelEncoding.from_json(encoding.to_json()) == encoding
+  with pytest.raises(DataError, match=r"new.h5ad: unknown label\(s\) \['XYZ'\]"):
+    encoding.encode(["CM", "XYZ"], "new.h5ad")
+
+
+def test_spatial_chains_are_adjacent_and_of_one_label():
+  rows, cols = np.meshgrid(np.arange(10), np.arange(20), indexing="ij")
+  keep = (rows + cols) % 2 == 0
+  rows, cols = rows[keep], cols[keep]
+  spot_labels = (cols >= 10).astype(np.int32)
+  spot_labels[:5] = -1
+  spot_x = np.random.default_rng(0).normal(size=(len(rows), 4))
+  chains, spots = sequences.spatial_sequences(
+      spot_x, rows, cols, spot_labels, n=50, chain_len=5, max_len=7, rng=np.random.default_rng(0)
+  )
+  assert chains.x.shape == (50, 7, 4) and chains.spatial.all() and (chains.cell_ids == -1).all()
+  assert (chains.lengths >= 1).all() and (chains.lengths <= 5).all() and chains.lengths.mean() > 3
+  for k in range(50):
+    chain = spots[k, : chains.lengths[k]]
+    assert (spots[k, chains.lengths[k] :] == -1).all()
+    assert len(set(chain)) == len(chain)  # no spot twice
+    assert (spot_labels[chain] == chains.labels[k]).all()  # one pseudo-label
+    steps = {(int(dr), int(dc)) for dr, dc in zip(np.diff(rows[chain]), np.diff(cols[chain]))}
+    assert steps <= set(sequences.HEX_NEIGHBOURS)  # each step to a hexagonal neighbour
+    values = spot_x[chain]
+    np.testing.assert_allclose(chains.x[k, : len(chain)], (values - values.mean()) / values.std(), atol=1e-5)
+
+
+def test_pseudo_labels_keep_confident_spots_only():
+  centroids = np.array([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]])
+  spots = np.array([[1.0, 0, 0], [0, 1.0, 0], [0.5, 0.5, 0], [0, 0.1, 0.9]])
+  labels = sequences.pseudo_label_spots(spots, centroids, 0.25)
+  np.testing.assert_array_equal(labels, [0, 1, -1, 2])
+
+
+def test_batches_have_one_shape_and_mask_the_fill():
+  x, labels, times = _cells()
+  seqs = sequences.temporal_sequences(
+      x, labels, times, np.arange(60), n_per_class=7, n_classes=3, max_len=4, rng=np.random.default_rng(0)
+  )
+  out = list(batches.iterate(seqs, 8, np.random.default_rng(0)))
+  assert len(out) == batches.num_batches(21, 8) == 3
+  for batch in out:
+    assert batch["x"].shape == (8, 4, 5) and batch["lengths"].shape == (8,)
+    assert (batch["lengths"] >= 1).all()
+  assert [b["mask"].sum() for b in out] == [8, 8, 5]
+  seen = np.concatenate([b["labels"][b["mask"] > 0] for b in out])
+  np.testing.assert_array_equal(np.sort(seen), np.sort(seqs.labels))
+  assert batches.adaptive_batch_size(1_500) == 16
+  assert batches.adaptive_batch_size(5_000) == 32
+  assert batches.adaptive_batch_size(20_000) == 64

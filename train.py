@@ -1,0 +1,26 @@
+"""Trains the seed's attention-enhanced BiLSTM: python train.py --config=configs/large.py --workdir=runs/large"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from cardiac_jax import DataError, quiet_dependency_logs, train_and_evaluate
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.", lock_config=True)
+flags.DEFINE_string("workdir", "runs/default", "Folder for checkpoints, metrics and results (resumes a run found there).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  quiet_dependency_logs()
+  try:
+    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except DataError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)
