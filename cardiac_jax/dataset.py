@@ -65,6 +65,7 @@ def load(config):
         n_spots=sim.n_spots,
         n_spot_genes=sim.n_spot_genes,
         seed=sim.seed,
+        signal=sim.signal,
     )
     return readers.read_geo(geo_dir, data.geo_matrix), data.spatial_path or visium_dir
   if not data.path:

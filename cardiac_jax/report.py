@@ -4,6 +4,7 @@ report/report.json   accuracy, macro-F1, per-class precision/recall/F1, confusio
                      split counts and the leakage audit
 report/confusion.png the test confusion matrix
 report/learning_curves.png  loss and accuracy per epoch, from metrics.jsonl
+report/test_predictions.npz  logits [n, classes], labels [n] and class names of the test sequences
 """
 
 import json
@@ -87,6 +88,7 @@ def evaluate(workdir):
   out = workdir / "report"
   staging = pathlib.Path(tempfile.mkdtemp(prefix=".report-", dir=workdir))
   (staging / "report.json").write_text(json.dumps(report, indent=2))
+  np.savez(staging / "test_predictions.npz", logits=logits, labels=data.test.labels, classes=np.asarray(classes))
   plot_confusion(
       report["confusion_matrix"], classes, staging / "confusion.png",
       f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",

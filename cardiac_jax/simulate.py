@@ -297,7 +297,7 @@ def _barcodes(rng, groups):
   return np.ascontiguousarray(letters).view("S16").ravel().astype(str)
 
 
-def _simulate_cells(n_cells, n_donors, seed, donor_library):
+def _simulate_cells(n_cells, n_donors, seed, donor_library, signal):
   """Draws every cell's latent variables and its metadata row.
 
   Returns (_Cells, metadata DataFrame with GSE175634's columns); cells are ordered by 10x lane
@@ -329,7 +329,7 @@ def _simulate_cells(n_cells, n_donors, seed, donor_library):
     sel = type_ == t
     neighbour[sel] = rng.choice([TYPES.index(u) for u in _NEIGHBOURS[name]], sel.sum())
   mix = rng.beta(1.0, 5.0, n_cells)
-  strength = rng.beta(5.0, 2.0, n_cells)
+  strength = signal * rng.beta(5.0, 2.0, n_cells)
   cycle = np.asarray(_CYCLE_MEANS)[type_]
   s_score = np.round(cycle[:, 0] + rng.normal(0.0, 0.1, n_cells), 4)
   g2m_score = np.round(cycle[:, 1] + rng.normal(0.0, 0.12, n_cells), 4)
@@ -500,7 +500,7 @@ def _check_seed(seed):
 
 
 def write_gse175634(out_dir, *, n_cells=20000, n_genes=4000, n_donors=19, seed=0,
-                    sctransform=False):
+                    sctransform=False, signal=1.0):
   """Writes a simulated data set in GEO's GSE175634 layout into out_dir (which must not exist yet).
 
   Files: GSE175634_cell_counts.mtx.gz (genes x cells UMI counts),
@@ -510,6 +510,7 @@ def write_gse175634(out_dir, *, n_cells=20000, n_genes=4000, n_donors=19, seed=0
   (genes detected in >= 3 cells, in the original order; cells above the median library size
   binomially downsampled to it).
 
+  signal scales every cell's type programs (markers included): lower is harder to classify.
   Memory is bounded at any size (cells are generated in chunks, twice with sctransform). Returns
   out_dir as a pathlib.Path.
   """
@@ -524,7 +525,7 @@ def write_gse175634(out_dir, *, n_cells=20000, n_genes=4000, n_donors=19, seed=0
   out_dir = pathlib.Path(out_dir).expanduser()
   model = _gene_model(n_genes, seed)
   donor_lfc, donor_library = _donor_effects(n_genes, n_donors, seed)
-  cells, metadata = _simulate_cells(n_cells, n_donors, seed, donor_library)
+  cells, metadata = _simulate_cells(n_cells, n_donors, seed, donor_library, signal)
   chunks = _chunk_bounds(n_cells, n_genes)
 
   def raw_chunks():
@@ -692,21 +693,21 @@ def _write_or_accept(folder, files, write, **kwargs):
       raise
 
 
-def ensure_simulated(cache_dir, *, n_cells, n_genes, n_donors, n_spots, n_spot_genes, seed):
+def ensure_simulated(cache_dir, *, n_cells, n_genes, n_donors, n_spots, n_spot_genes, seed, signal=1.0):
   """The simulated GSE175634 (with its SCTransform-like matrix) and Visium folders, written once.
 
   Both live under `cache_dir/simulated/<key>/` (key from every argument, e.g.
-  c20000_g4000_d19_s4000_sg2000_seed0) as `GSE175634/` and `visium/`; each is written only if it
+  c20000_g4000_d19_s4000_sg2000_seed0_signal0.5) as `GSE175634/` and `visium/`; each is written only if it
   does not exist (folders appear complete or not at all). Returns (geo_dir, visium_dir).
   """
-  key = f"c{n_cells}_g{n_genes}_d{n_donors}_s{n_spots}_sg{n_spot_genes}_seed{seed}"
+  key = f"c{n_cells}_g{n_genes}_d{n_donors}_s{n_spots}_sg{n_spot_genes}_seed{seed}_signal{signal:g}"
   base = pathlib.Path(cache_dir).expanduser() / "simulated" / key
   geo_dir, visium_dir = base / "GSE175634", base / "visium"
   if not _complete(geo_dir, _GEO_FILES + _SCT_FILES):
     print(f"simulating GSE175634 ({n_cells:,} cells x {n_genes:,} genes) into {geo_dir}",
           file=sys.stderr)
     _write_or_accept(geo_dir, _GEO_FILES + _SCT_FILES, write_gse175634, n_cells=n_cells,
-                     n_genes=n_genes, n_donors=n_donors, seed=seed, sctransform=True)
+                     n_genes=n_genes, n_donors=n_donors, seed=seed, sctransform=True, signal=signal)
   if not _complete(visium_dir, _VISIUM_FILES):
     print(f"simulating Visium ({n_spots:,} spots x {n_spot_genes:,} genes) into {visium_dir}",
           file=sys.stderr)

@@ -131,6 +131,18 @@ def make_eval_step(apply_fn, label_smoothing):
   return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, label_smoothing=label_smoothing))
 
 
+def track_best(tracker, epoch, val_accuracy):
+  """Early-stopping bookkeeping after an epoch: returns (new tracker, whether the epoch is the best so far).
+
+  tracker: {'epoch', 'best_val_accuracy', 'best_epoch', 'epochs_since_best'}; training stops once
+  epochs_since_best reaches the patience (the seed's 8).
+  """
+  improved = val_accuracy > tracker["best_val_accuracy"]
+  if improved:
+    return dict(tracker, epoch=epoch, best_val_accuracy=val_accuracy, best_epoch=epoch, epochs_since_best=0), True
+  return dict(tracker, epoch=epoch, epochs_since_best=tracker["epochs_since_best"] + 1), False
+
+
 def predict(eval_fn, params, sequences, batch_size):
   """Runs a jitted eval step over all sequences. Returns (normalised metrics, logits [n, classes] as numpy)."""
   sums, outputs = {}, []
@@ -238,11 +250,19 @@ def check_same_inputs(expected, data, where):
 
 
 def _prepare_workdir(config, workdir):
-  """Creates workdir, or checks that an existing one was made with this very config (to resume it)."""
+  """Creates workdir, or checks that an existing one was made with this config (to resume or extend it).
+
+  Only train.num_epochs may differ, so that a finished run can be continued for more epochs.
+  """
   workdir.mkdir(parents=True, exist_ok=True)
   saved = workdir / "config.json"
-  if saved.exists() and saved.read_text() != config_to_json(config):
-    raise ValueError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
+  if saved.exists():
+    before = json.loads(saved.read_text())
+    now = json.loads(config_to_json(config))
+    before["train"].pop("num_epochs", None)
+    now["train"].pop("num_epochs", None)
+    if before != now:
+      raise ValueError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
 
 
 def train_and_evaluate(config, workdir):
@@ -284,14 +304,16 @@ def train_and_evaluate(config, workdir):
       "model: %s parameters; training on %d sequences, batch %d, up to %d epochs",
       f"{n_params:,}", len(data.train), batch_size, config.train.num_epochs,
   )
-  stopped_early = tracker["epochs_since_best"] >= config.train.early_stop_patience
+  patience = config.train.early_stop_patience
   for epoch in range(tracker["epoch"] + 1, config.train.num_epochs + 1):
-    if stopped_early:
+    if tracker["epochs_since_best"] >= patience:
       break
     start = time.perf_counter()
-    sums = {}
     shuffle = np.random.default_rng([config.seed, 3, epoch])
-    batches = tqdm(batching.iterate(data.train, batch_size, shuffle), total=n_batches, desc=f"epoch {epoch}", leave=False, disable=None)
+    batches = tqdm(
+        batching.iterate(data.train, batch_size, shuffle), total=n_batches, desc=f"epoch {epoch}", leave=False, disable=None
+    )
+    sums = {}
     for batch in batches:
       state, batch_sums = step(state, batch, dropout_rng)
       sums = metrics_lib.add(sums, batch_sums)
@@ -300,12 +322,7 @@ def train_and_evaluate(config, workdir):
     val_metrics, _ = predict(eval_fn, state.params, data.val, batch_size)
     learning_rate = config.train.learning_rate * float(state.plateau.scale)
     state = plateau_step(state, plateau, val_metrics["loss"])
-    improved = val_metrics["accuracy"] > tracker["best_val_accuracy"]
-    if improved:
-      tracker.update(best_val_accuracy=val_metrics["accuracy"], best_epoch=epoch, epochs_since_best=0)
-    else:
-      tracker["epochs_since_best"] += 1
-    tracker["epoch"] = epoch
+    tracker, improved = track_best(tracker, epoch, val_metrics["accuracy"])
     record = {
         "epoch": epoch,
         "train_loss": train_metrics["loss"],
@@ -324,10 +341,9 @@ def train_and_evaluate(config, workdir):
         epoch, record["train_loss"], record["train_accuracy"], record["val_loss"], record["val_accuracy"],
         learning_rate, record["sequences_per_second"], "  *best" if improved else "",
     )
-    stopped_early = tracker["epochs_since_best"] >= config.train.early_stop_patience
   checkpoints.close()
-  if stopped_early:
-    logging.info("early stop: no better validation accuracy for %d epochs", config.train.early_stop_patience)
+  if tracker["epochs_since_best"] >= patience:
+    logging.info("early stop: no better validation accuracy for %d epochs", patience)
 
   params, best_meta = restore_best_params(workdir, state.params)
   results = {"best_epoch": best_meta["best_epoch"], "epochs_run": tracker["epoch"], "parameters": n_params}

@@ -23,6 +23,7 @@ def simulated(cache_dir):
       n_spots=sim.n_spots,
       n_spot_genes=sim.n_spot_genes,
       seed=sim.seed,
+      signal=sim.signal,
   )
 
 

@@ -282,7 +282,7 @@ def test_ensure_simulated_writes_once(tmp_path, monkeypatch, capsys):
   monkeypatch.setenv("HOME", str(tmp_path))
   kwargs = dict(n_cells=200, n_genes=80, n_donors=3, n_spots=40, n_spot_genes=50, seed=2)
   geo_dir, visium_dir = simulate.ensure_simulated("~/cache", **kwargs)
-  assert geo_dir == tmp_path / "cache/simulated/c200_g80_d3_s40_sg50_seed2/GSE175634"
+  assert geo_dir == tmp_path / "cache/simulated/c200_g80_d3_s40_sg50_seed2_signal1/GSE175634"
   assert visium_dir.parent == geo_dir.parent
   assert _files(geo_dir) == GEO_FILES | SCT_FILES
   assert "simulating GSE175634" in capsys.readouterr().err

@@ -1,0 +1,105 @@
+"""The whole data journey for a config: counts, leakage by split unit, spatial chains, determinism, h5ad input."""
+
+import numpy as np
+import pytest
+
+from cardiac_jax import dataset, readers
+from cardiac_jax.errors import DataError
+
+
+def _assert_same(a, b):
+  for name in ("train", "val", "test"):
+    for field in ("x", "lengths", "labels", "cell_ids", "spatial"):
+      np.testing.assert_array_equal(getattr(a.splits[name], field), getattr(b.splits[name], field))
+
+
+@pytest.mark.parametrize("unit", ["cell", "donor", "sequence"])
+def test_prepare_by_split_unit(config, unit):
+  config.split.unit = unit
+  data = dataset.prepare(config)
+  n_classes = len(data.encoding.classes)
+  assert data.encoding.classes == ("CF", "CM", "CMES", "IPSC", "MES", "PROG", "UNK")
+  assert len(data.genes) == config.data.n_genes
+  temporal = sum(int((~s.spatial).sum()) for s in data.splits.values())
+  assert temporal == config.data.n_per_type * n_classes
+  assert data.train.spatial.sum() == config.data.n_spatial
+  assert not data.val.spatial.any() and not data.test.spatial.any()
+  for s in data.splits.values():
+    assert s.x.shape[1:] == (config.data.max_len, config.data.n_genes)
+    assert set(np.unique(s.labels)) == set(range(n_classes))
+  shared = data.report["leakage"]["cells_in_more_than_one_split"]
+  if unit == "sequence":
+    assert shared > 0  # the seed's split puts the same cells in train and test
+  else:
+    assert shared == 0
+    train_cells = set(data.train.cell_ids[data.train.cell_ids >= 0].tolist())
+    test_cells = set(data.test.cell_ids[data.test.cell_ids >= 0].tolist())
+    assert not train_cells & test_cells
+  assert data.report["sequences"]["train"]["spatial"] == config.data.n_spatial
+
+
+def test_donor_split_keeps_donors_apart(config):
+  data = dataset.prepare(config)
+  adata = readers.read_geo(data.report["path"])
+  donors = adata.obs["individual"].to_numpy()
+  by_split = {name: set(donors[s.cell_ids[s.cell_ids >= 0]]) for name, s in data.splits.items()}
+  assert not by_split["train"] & by_split["test"]
+  assert not by_split["train"] & by_split["val"]
+  assert not by_split["val"] & by_split["test"]
+
+
+def test_prepare_is_deterministic_and_seeded(config):
+  a = dataset.prepare(config)
+  b = dataset.prepare(config)
+  _assert_same(a, b)
+  config.seed = 1
+  c = dataset.prepare(config)
+  assert not np.array_equal(a.train.cell_ids, c.train.cell_ids)
+
+
+def test_sequences_follow_the_data(config):
+  data = dataset.prepare(config)
+  adata = readers.read_geo(data.report["path"])
+  types = adata.obs["type"].to_numpy()
+  days = adata.obs["diffday"].to_numpy()
+  order = {t: i for i, t in enumerate(data.time_points)}
+  for s in data.splits.values():
+    temporal = s.take(~s.spatial)
+    for i in range(0, len(temporal), 7):
+      ids = temporal.cell_ids[i, : temporal.lengths[i]]
+      assert set(types[ids]) == {data.encoding.classes[temporal.labels[i]]}
+      assert np.all(np.diff([order[d] for d in days[ids]]) > 0)
+
+
+def test_h5ad_source_with_other_column_names(config, simulated, tmp_path):
+  adata = readers.read_geo(simulated[0])
+  adata.obs = adata.obs.rename(columns={"diffday": "stage", "type": "celltype", "individual": "donor"})
+  path = tmp_path / "course.h5ad"
+  adata.write_h5ad(path)
+  config.data.source = "h5ad"
+  config.data.path = str(path)
+  config.data.time_key, config.data.label_key, config.data.donor_key = "stage", "celltype", "donor"
+  config.data.time_order = ()
+  config.data.n_spatial = 0
+  data = dataset.prepare(config)
+  assert data.time_points == ("day0", "day1", "day3", "day5", "day7", "day11", "day15")
+  assert data.report["normalization"] == "counts"
+  assert len(data.train) > 0 and data.report["leakage"]["cells_in_more_than_one_split"] == 0
+
+
+def test_unknown_time_point_in_geo_data(config, simulated):
+  config.data.source = "geo"
+  config.data.path = str(simulated[0])
+  config.data.time_order = ("day0", "day1", "day3", "day5", "day7", "day11")
+  with pytest.raises(DataError, match=r"GSE175634.*\['day15'\].*not in time_order"):
+    dataset.prepare(config)
+
+
+def test_too_few_donors(config, simulated, tmp_path):
+  adata = readers.read_geo(simulated[0])
+  adata.obs["individual"] = np.where(adata.obs["individual"] == adata.obs["individual"].iloc[0], "A", "B")
+  path = tmp_path / "two_donors.h5ad"
+  adata.write_h5ad(path)
+  config.data.source, config.data.path, config.data.n_spatial = "h5ad", str(path), 0
+  with pytest.raises(DataError, match="two_donors.h5ad.*at least 3 donors, found 2"):
+    dataset.prepare(config)

@@ -1,0 +1,171 @@
+"""The training recipe: steps that learn, masking of fill examples, plateau and early-stopping rules, and a
+tiny end-to-end run that is deterministic, resumes exactly, and restores in a new process."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cardiac_jax import train
+from configs import tiny
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _state(dropout=0.3, classes=3, genes=6, steps=4):
+  config = tiny.get_config()
+  config.model.hidden_dim, config.model.num_heads, config.model.head_dims = 8, 2, (8,)
+  config.model.dropout = config.model.input_dropout = dropout
+  return train.create_train_state(jax.random.key(0), config, classes, genes, steps), config
+
+
+def _batch(n=8, steps=4, genes=6, seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+      "x": rng.normal(size=(n, steps, genes)).astype(np.float32),
+      "lengths": rng.integers(1, steps + 1, size=n).astype(np.int32),
+      "labels": (np.arange(n) % 3).astype(np.int32),
+      "mask": np.ones(n, np.float32),
+  }
+
+
+def test_one_step_changes_every_parameter():
+  state, _ = _state()
+  before = jax.tree.map(np.asarray, state.params)
+  new_state, sums = train.train_step(state, _batch(), jax.random.key(1), label_smoothing=0.1)
+  changed = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before, new_state.params)
+  unchanged = [jax.tree_util.keystr(path) for path, c in jax.tree_util.tree_leaves_with_path(changed) if not c]
+  assert not unchanged
+  assert int(new_state.step) == 1
+  assert float(sums["count"]) == 8
+
+
+def test_steps_lower_the_loss():
+  state, _ = _state()
+  batch = _batch()
+  step = jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(1), label_smoothing=0.1))
+  eval_fn = train.make_eval_step(state.apply_fn, 0.1)
+  loss_before = float(eval_fn(state.params, batch=batch)[0]["loss"])
+  for _ in range(30):
+    state, _ = step(state, batch)
+  assert float(eval_fn(state.params, batch=batch)[0]["loss"]) < 0.7 * loss_before
+
+
+def test_fill_examples_do_not_change_the_step():
+  state, _ = _state(dropout=0.0)
+  batch = _batch(n=8)
+  filled = {k: np.concatenate([v, v[:4]]) for k, v in batch.items()}
+  filled["x"][8:] = 99.0
+  filled["mask"][8:] = 0.0
+  a, sums_a = train.train_step(state, batch, jax.random.key(1), label_smoothing=0.1)
+  b, sums_b = train.train_step(state, filled, jax.random.key(1), label_smoothing=0.1)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a.params, b.params)
+  for key in ("loss", "correct", "count"):
+    np.testing.assert_allclose(sums_a[key], sums_b[key], rtol=1e-6)
+
+
+def _torch_reduce_on_plateau(losses, lr, factor, patience, threshold=1e-4):
+  """PyTorch's documented ReduceLROnPlateau (mode='min', threshold_mode='rel', cooldown=0), one step per
+  epoch; returns the learning rate in force for each following epoch."""
+  best, bad, out = float("inf"), 0, []
+  for loss in losses:
+    if loss < best * (1 - threshold):
+      best, bad = loss, 0
+    else:
+      bad += 1
+    if bad > patience:
+      lr, bad = lr * factor, 0
+    out.append(lr)
+  return out
+
+
+def test_plateau_matches_pytorch():
+  state, config = _state()
+  plateau = train.make_plateau(config.train)
+  losses = [1.0, 0.9, 0.95, 0.92, 0.91, 0.93, 0.94, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
+  ours = []
+  for loss in losses:
+    state = train.plateau_step(state, plateau, loss)
+    ours.append(config.train.learning_rate * float(state.plateau.scale))
+  expected = _torch_reduce_on_plateau(losses, config.train.learning_rate, factor=0.5, patience=3)
+  np.testing.assert_allclose(ours, expected, rtol=1e-6)
+  assert expected[-1] < expected[0] / 2  # the sequence does reduce, more than once
+
+
+def test_early_stopping_after_patience_epochs():
+  tracker = {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "epochs_since_best": 0}
+  accuracies = [0.5, 0.6, 0.6, 0.55, 0.7] + [0.65] * 8
+  stopped_at = None
+  for epoch, accuracy in enumerate(accuracies, start=1):
+    tracker, improved = train.track_best(tracker, epoch, accuracy)
+    assert improved == (epoch in (1, 2, 5))
+    if tracker["epochs_since_best"] >= 8:
+      stopped_at = epoch
+      break
+  assert stopped_at == 13 and tracker["best_epoch"] == 5 and tracker["best_val_accuracy"] == 0.7
+
+
+def _history(workdir):
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [{k: v for k, v in r.items() if k not in ("sequences_per_second", "seconds")} for r in records]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cache_dir, simulated):
+  """A tiny run of 3 epochs, and the same run stopped after 2 epochs and then resumed to 3."""
+  root = tmp_path_factory.mktemp("runs")
+  config = tiny.get_config()
+  config.data.cache_dir = str(cache_dir)
+  full = train.train_and_evaluate(config, root / "full")
+  config.train.num_epochs = 2
+  train.train_and_evaluate(config, root / "resumed")
+  stopped = _history(root / "resumed")
+  config.train.num_epochs = 3
+  resumed = train.train_and_evaluate(config, root / "resumed")
+  return root, config, full, stopped, resumed
+
+
+def test_runs_are_deterministic_and_resume_exactly(runs):
+  root, _, full, stopped, resumed = runs
+  assert [r["epoch"] for r in _history(root / "full")] == [1, 2, 3]
+  assert stopped == _history(root / "full")[:2]  # same seed, same numbers
+  assert _history(root / "resumed") == _history(root / "full")  # resuming changes nothing
+  assert resumed == full
+
+
+def test_another_config_in_the_same_workdir_is_refused(runs):
+  root, config, *_ = runs
+  config = config.copy_and_resolve_references()
+  config.train.learning_rate = 0.1
+  before = (root / "full" / "results.json").read_text()
+  with pytest.raises(ValueError, match="another config"):
+    train.train_and_evaluate(config, root / "full")
+  assert (root / "full" / "results.json").read_text() == before
+
+
+def test_eval_restores_in_a_new_process(runs):
+  root, config, full, *_ = runs
+  workdir = root / "full"
+  subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}"], cwd=REPO, check=True, capture_output=True)
+  report = json.loads((workdir / "report" / "report.json").read_text())
+  assert report["accuracy"] == pytest.approx(full["test_accuracy"], abs=1e-12)
+  assert report["parameters"] == full["parameters"]
+  assert report["leakage"]["cells_in_more_than_one_split"] == 0
+  assert np.asarray(report["confusion_matrix"]).sum() == report["sequences"]["test"]["sequences"]
+  for name in ("confusion.png", "learning_curves.png"):
+    assert (workdir / "report" / name).read_bytes()[:4] == b"\x89PNG"
+  saved = np.load(workdir / "report" / "test_predictions.npz")
+  from cardiac_jax import dataset
+
+  data = dataset.prepare(config)
+  state = train.create_train_state(jax.random.key(0), config, len(saved["classes"]), len(data.genes), config.data.max_len)
+  params, _ = train.restore_best_params(workdir, state.params)
+  _, logits = train.predict(train.make_eval_step(state.apply_fn, 0.1), params, data.test, 16)
+  np.testing.assert_allclose(saved["logits"], logits, atol=1e-5)
+  np.testing.assert_array_equal(saved["labels"], data.test.labels)
+  assert jnp.isfinite(logits).all()
