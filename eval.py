@@ -4,7 +4,7 @@ import sys
 
 from absl import app, flags
 
-from cardiac_jax import DataError, quiet_dependency_logs, evaluate
+from cardiac_jax import ConfigError, DataError, quiet_dependency_logs, evaluate
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The workdir that train.py wrote.", required=True)
@@ -16,7 +16,7 @@ def main(argv):
   quiet_dependency_logs()
   try:
     evaluate(FLAGS.workdir)
-  except DataError as e:
+  except (ConfigError, DataError) as e:
     sys.exit(f"error: {e}")
 
 

@@ -5,7 +5,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cardiac_jax import DataError, quiet_dependency_logs, train_and_evaluate
+from cardiac_jax import ConfigError, DataError, quiet_dependency_logs, train_and_evaluate
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.", lock_config=True)
@@ -18,7 +18,7 @@ def main(argv):
   quiet_dependency_logs()
   try:
     train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except DataError as e:
+  except (ConfigError, DataError) as e:
     sys.exit(f"error: {e}")
 
 

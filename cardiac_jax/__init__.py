@@ -5,7 +5,7 @@ model, train, metrics, report; dataset chains the data steps for a config, simul
 """
 
 from cardiac_jax.dataset import Dataset, prepare
-from cardiac_jax.errors import DataError
+from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.model import EnhancedCardiacRNN, count_params
 from cardiac_jax.readers import read_geo, read_h5ad, read_visium
 from cardiac_jax.report import evaluate
@@ -14,6 +14,7 @@ from cardiac_jax.simulate import write_gse175634, write_visium
 from cardiac_jax.train import quiet_dependency_logs, train_and_evaluate
 
 __all__ = [
+    "ConfigError",
     "DataError",
     "Dataset",
     "EnhancedCardiacRNN",

@@ -12,7 +12,7 @@ from absl import logging
 
 from cardiac_jax import preprocess, readers, simulate
 from cardiac_jax import split as splitting
-from cardiac_jax.errors import DataError
+from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import (
     LabelEncoding,
     Sequences,
@@ -54,7 +54,7 @@ def load(config):
   """Reads the configured source. Returns (AnnData of cells, path of a Visium folder or None)."""
   data = config.data
   if data.source not in SOURCES:
-    raise ValueError(f"data.source must be one of {SOURCES}, got {data.source!r}")
+    raise ConfigError(f"data.source must be one of {SOURCES}, got {data.source!r}")
   if data.source == "simulated":
     sim = config.sim
     geo_dir, visium_dir = simulate.ensure_simulated(
@@ -69,7 +69,7 @@ def load(config):
     )
     return readers.read_geo(geo_dir, data.geo_matrix), data.spatial_path or visium_dir
   if not data.path:
-    raise ValueError(f"data.source={data.source!r} needs data.path")
+    raise ConfigError(f"data.source={data.source!r} needs data.path")
   if data.source == "geo":
     adata = readers.read_geo(data.path, data.geo_matrix)
   else:
@@ -137,7 +137,7 @@ def prepare(config):
       adata, time_key=data.time_key, label_key=data.label_key, donor_key=data.donor_key, time_order=data.time_order
   )
   if data.max_len < len(time_points):
-    raise ValueError(f"data.max_len={data.max_len} is less than the {len(time_points)} time points")
+    raise ConfigError(f"data.max_len={data.max_len} is less than the {len(time_points)} time points")
   encoding = LabelEncoding.fit(adata.obs[data.label_key])
   classes = encoding.classes
   labels = encoding.encode(adata.obs[data.label_key], path)

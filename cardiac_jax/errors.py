@@ -8,3 +8,7 @@ class DataError(ValueError):
     self.path = str(path)
     self.problem = problem
     super().__init__(f"{self.path}: {problem}")
+
+
+class ConfigError(ValueError):
+  """A config or workdir that cannot work (an unknown option, a workdir of another run, no checkpoint)."""

@@ -12,7 +12,7 @@ import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
 
-from cardiac_jax.errors import DataError
+from cardiac_jax.errors import ConfigError, DataError
 
 NORMALIZATIONS = ("auto", "counts", "linear", "log")
 
@@ -125,7 +125,7 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
   """
   path = adata.uns.get("source_path", "<AnnData>")
   if normalization not in NORMALIZATIONS:
-    raise ValueError(f"data.normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    raise ConfigError(f"data.normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
   kind = detect_normalization(adata.X) if normalization == "auto" else normalization
   if n_genes > adata.n_vars:
     raise DataError(path, f"data.n_genes={n_genes} but the data have only {adata.n_vars} genes")

@@ -13,7 +13,7 @@ import pandas as pd
 import scipy.io
 import scipy.sparse as sp
 
-from cardiac_jax.errors import DataError
+from cardiac_jax.errors import ConfigError, DataError
 
 GEO_CELL_INDICES = "GSE175634_cell_indices.tsv.gz"
 GEO_METADATA = "GSE175634_cell_metadata.tsv.gz"
@@ -87,7 +87,7 @@ def read_geo(folder, matrix="counts"):
   """
   folder = _existing(folder)
   if matrix not in GEO_MATRICES:
-    raise ValueError(f"data.geo_matrix must be one of {sorted(GEO_MATRICES)}, got {matrix!r}")
+    raise ConfigError(f"data.geo_matrix must be one of {sorted(GEO_MATRICES)}, got {matrix!r}")
   matrix_file, genes_file = (folder / name for name in GEO_MATRICES[matrix])
   genes = _read_table(folder / genes_file, ["gene_index", "gene_name"])
   cells = _read_table(folder / GEO_CELL_INDICES, ["cell_index", "cell_name"], dtype={"cell_name": str})

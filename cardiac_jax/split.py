@@ -7,7 +7,7 @@ from one pool and splits the sequences afterwards, as the seed did, so cells are
 
 import numpy as np
 
-from cardiac_jax.errors import DataError
+from cardiac_jax.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 UNITS = ("sequence", "cell", "donor")
@@ -81,7 +81,7 @@ def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>"
     [cells] int8 split ids.
   """
   if unit not in UNITS:
-    raise ValueError(f"split.unit must be one of {UNITS}, got {unit!r}")
+    raise ConfigError(f"split.unit must be one of {UNITS}, got {unit!r}")
   labels = np.asarray(labels)
   rng = np.random.default_rng([seed, 1])
   if unit == "sequence":

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from cardiac_jax import batches as batching
 from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib
+from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import EnhancedCardiacRNN, count_params
 
 
@@ -169,7 +170,7 @@ def load_config(workdir):
   """The ConfigDict a workdir's run used."""
   path = pathlib.Path(workdir) / "config.json"
   if not path.exists():
-    raise FileNotFoundError(f"{path}: no config.json; is {workdir} a cardiac_jax workdir?")
+    raise ConfigError(f"{path}: no config.json; is {workdir} a cardiac_jax workdir?")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
@@ -221,7 +222,7 @@ def restore_best_params(workdir, params_like):
   manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / "checkpoints" / "best", item_names=("params", "meta"))
   epoch = manager.latest_step()
   if epoch is None:
-    raise FileNotFoundError(f"{workdir}/checkpoints/best: no checkpoint; train first")
+    raise ConfigError(f"{workdir}/checkpoints/best: no checkpoint; train first")
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like)
   restored = manager.restore(
       epoch, args=ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
@@ -244,9 +245,9 @@ def data_record(data, batch_size):
 def check_same_inputs(expected, data, where):
   """Raises if `data` has other classes or genes than the record `expected` (from data.json)."""
   if list(data.encoding.classes) != expected["classes"]:
-    raise ValueError(f"{where}: classes {expected['classes']} differ from this data's {list(data.encoding.classes)}")
+    raise ConfigError(f"{where}: classes {expected['classes']} differ from this data's {list(data.encoding.classes)}")
   if list(data.genes) != expected["genes"]:
-    raise ValueError(f"{where}: the input genes differ from this data's genes")
+    raise ConfigError(f"{where}: the input genes differ from this data's genes")
 
 
 def _prepare_workdir(config, workdir):
@@ -262,7 +263,27 @@ def _prepare_workdir(config, workdir):
     before["train"].pop("num_epochs", None)
     now["train"].pop("num_epochs", None)
     if before != now:
-      raise ValueError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
+      raise ConfigError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
+
+
+def initial_state(config, data):
+  """A fresh TrainState for `data`, or, with config.init_from, one that starts from another run's best parameters.
+
+  The warm start (the seed's progressive scaling: base -> medium -> large) needs the same classes and input
+  genes as the run it starts from; the optimizer state starts fresh.
+  """
+  init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)
+  state = create_train_state(init_rng, config, len(data.encoding.classes), len(data.genes), config.data.max_len)
+  if not config.init_from:
+    return state
+  init_dir = pathlib.Path(config.init_from).expanduser()
+  record = init_dir / "data.json"
+  if not record.exists():
+    raise ConfigError(f"{record}: config.init_from must be the workdir of a finished run")
+  check_same_inputs(json.loads(record.read_text()), data, record)
+  params, _ = restore_best_params(init_dir, state.params)
+  logging.info("warm start from the best model of %s", init_dir)
+  return state.replace(params=params)
 
 
 def train_and_evaluate(config, workdir):
@@ -273,21 +294,13 @@ def train_and_evaluate(config, workdir):
   """
   workdir = pathlib.Path(workdir).expanduser()
   data = datasets.prepare(config)
+  state = initial_state(config, data)
+  n_params = count_params(state.params)
   _prepare_workdir(config, workdir)
   batch_size = config.train.batch_size or batching.adaptive_batch_size(len(data.train))
   write_atomic(workdir / "config.json", config_to_json(config))
   write_atomic(workdir / "data.json", json.dumps(data_record(data, batch_size), indent=2))
-
-  num_classes = len(data.encoding.classes)
-  init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(init_rng, config, num_classes, len(data.genes), config.data.max_len)
-  n_params = count_params(state.params)
-  if config.init_from:
-    init_dir = pathlib.Path(config.init_from).expanduser()
-    check_same_inputs(json.loads((init_dir / "data.json").read_text()), data, init_dir)
-    params, _ = restore_best_params(init_dir, state.params)
-    state = state.replace(params=params)
-    logging.info("warm start from %s", init_dir)
+  dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   checkpoints = Checkpoints(workdir)
   state, meta = checkpoints.restore_latest(state)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cardiac_jax import train
+from cardiac_jax import dataset, train
+from cardiac_jax.errors import ConfigError
 from configs import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -160,8 +161,6 @@ def test_eval_restores_in_a_new_process(runs):
   for name in ("confusion.png", "learning_curves.png"):
     assert (workdir / "report" / name).read_bytes()[:4] == b"\x89PNG"
   saved = np.load(workdir / "report" / "test_predictions.npz")
-  from cardiac_jax import dataset
-
   data = dataset.prepare(config)
   state = train.create_train_state(jax.random.key(0), config, len(saved["classes"]), len(data.genes), config.data.max_len)
   params, _ = train.restore_best_params(workdir, state.params)
@@ -169,3 +168,18 @@ def test_eval_restores_in_a_new_process(runs):
   np.testing.assert_allclose(saved["logits"], logits, atol=1e-5)
   np.testing.assert_array_equal(saved["labels"], data.test.labels)
   assert jnp.isfinite(logits).all()
+
+
+def test_warm_start_takes_the_best_parameters_of_another_run(runs):
+  root, config, *_ = runs
+  config = config.copy_and_resolve_references()
+  data = dataset.prepare(config)
+  fresh = train.initial_state(config, data)
+  config.init_from = str(root / "full")
+  warm = train.initial_state(config, data)
+  best, _ = train.restore_best_params(root / "full", fresh.params)
+  jax.tree.map(np.testing.assert_array_equal, warm.params, best)
+  assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), fresh.params, best)))
+  config.init_from = str(root / "missing")
+  with pytest.raises(ConfigError, match="missing/data.json"):
+    train.initial_state(config, data)
