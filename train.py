@@ -1,5 +1,6 @@
-"""Trains the seed's attention-enhanced BiLSTM: python train.py --config=configs/large.py --workdir=runs/large"""
+"""Trains the seed's attention-enhanced BiLSTM: python train.py --config=configs/large.py [--workdir=runs/large]"""
 
+import pathlib
 import sys
 
 from absl import app, flags
@@ -9,7 +10,9 @@ from cardiac_jax import ConfigError, DataError, quiet_dependency_logs, train_and
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.", lock_config=True)
-flags.DEFINE_string("workdir", "runs/default", "Folder for checkpoints, metrics and results (resumes a run found there).")
+flags.DEFINE_string(
+    "workdir", None, "Folder for checkpoints, metrics and results (resumes a run found there); default runs/<config name>."
+)
 
 
 def main(argv):
@@ -17,7 +20,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_dependency_logs()
   try:
-    train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    workdir = FLAGS.workdir or pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(FLAGS["config"])).stem
+    train_and_evaluate(FLAGS.config, workdir)
   except (ConfigError, DataError) as e:
     sys.exit(f"error: {e}")
 

@@ -293,7 +293,9 @@ def train_and_evaluate(config, workdir):
     dict of final results (also written to workdir/results.json).
   """
   workdir = pathlib.Path(workdir).expanduser()
+  started = time.perf_counter()
   data = datasets.prepare(config)
+  seconds = {"data": time.perf_counter() - started}
   state = initial_state(config, data)
   n_params = count_params(state.params)
   _prepare_workdir(config, workdir)
@@ -309,7 +311,16 @@ def train_and_evaluate(config, workdir):
   if meta:
     logging.info("resuming %s after epoch %d", workdir, tracker["epoch"])
 
-  step = jax.jit(functools.partial(train_step, label_smoothing=config.train.label_smoothing), donate_argnums=0)
+  # Compiled once, ahead of time, for the run's one batch shape: a batch of any other shape is an error.
+  compile_start = time.perf_counter()
+  example = next(batching.iterate(data.train, batch_size))
+  step = (
+      jax.jit(functools.partial(train_step, label_smoothing=config.train.label_smoothing), donate_argnums=0)
+      .lower(state, example, dropout_rng)
+      .compile()
+  )
+  seconds["train_step_compile"] = time.perf_counter() - compile_start
+  training_start = time.perf_counter()
   eval_fn = make_eval_step(state.apply_fn, config.train.label_smoothing)
   plateau = make_plateau(config.train)
   n_batches = batching.num_batches(len(data.train), batch_size)
@@ -355,6 +366,7 @@ def train_and_evaluate(config, workdir):
         learning_rate, record["sequences_per_second"], "  *best" if improved else "",
     )
   checkpoints.close()
+  seconds["training"] = time.perf_counter() - training_start
   if tracker["epochs_since_best"] >= patience:
     logging.info("early stop: no better validation accuracy for %d epochs", patience)
 
@@ -365,6 +377,8 @@ def train_and_evaluate(config, workdir):
     results[f"{name}_accuracy"] = split_metrics["accuracy"]
     results[f"{name}_loss"] = split_metrics["loss"]
   results["train_val_gap"] = results["train_accuracy"] - results["val_accuracy"]
+  seconds["total"] = time.perf_counter() - started
+  results["seconds"] = seconds
   results["split_unit"] = config.split.unit
   results["data_source"] = config.data.source
   write_atomic(workdir / "results.json", json.dumps(results, indent=2))
@@ -372,6 +386,10 @@ def train_and_evaluate(config, workdir):
       "best epoch %d: test accuracy %.4f (train %.4f, val %.4f, gap %.4f); split unit %r, data %r",
       results["best_epoch"], results["test_accuracy"], results["train_accuracy"], results["val_accuracy"],
       results["train_val_gap"], config.split.unit, config.data.source,
+  )
+  logging.info(
+      "wall time %.0f s: data %.0f s, train-step compile %.1f s, training %.0f s",
+      seconds["total"], seconds["data"], seconds["train_step_compile"], seconds["training"],
   )
   return results
 
