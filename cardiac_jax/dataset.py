@@ -35,6 +35,9 @@ class Dataset:
     genes: the model's input genes, in input order.
     time_points: the time points in order.
     report: JSON-ready counts: quality control, split sizes, the leakage audit, spatial pseudo-labels.
+    cell_x: [cells, genes] float32 log expression of every cell kept by QC (rows are Sequences.cell_ids),
+      for per-cell baselines.
+    cell_labels: [cells] int32 class ids of those cells.
   """
 
   train: Sequences
@@ -44,6 +47,8 @@ class Dataset:
   genes: tuple
   time_points: tuple
   report: dict
+  cell_x: np.ndarray
+  cell_labels: np.ndarray
 
   @property
   def splits(self):
@@ -198,4 +203,6 @@ def prepare(config):
       f"sequences: {', '.join(f'{n} {len(s):,}' for n, s in by_split.items())}; "
       f"cells in more than one split: {report['leakage']['cells_in_more_than_one_split']:,}"
   )
-  return Dataset(*parts, encoding=encoding, genes=genes, time_points=time_points, report=report)
+  return Dataset(
+      *parts, encoding=encoding, genes=genes, time_points=time_points, report=report, cell_x=x, cell_labels=labels
+  )

@@ -373,9 +373,12 @@ def train_and_evaluate(config, workdir):
   params, best_meta = restore_best_params(workdir, state.params)
   results = {"best_epoch": best_meta["best_epoch"], "epochs_run": tracker["epoch"], "parameters": n_params}
   for name, sequences in data.splits.items():
-    split_metrics, _ = predict(eval_fn, params, sequences, batch_size)
+    split_metrics, logits = predict(eval_fn, params, sequences, batch_size)
     results[f"{name}_accuracy"] = split_metrics["accuracy"]
     results[f"{name}_loss"] = split_metrics["loss"]
+    if name == "test":
+      report = metrics_lib.classification_report(sequences.labels, logits.argmax(-1), data.encoding.classes)
+      results["test_macro_f1"] = report["macro_f1"]
   results["train_val_gap"] = results["train_accuracy"] - results["val_accuracy"]
   seconds["total"] = time.perf_counter() - started
   results["seconds"] = seconds

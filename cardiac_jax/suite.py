@@ -1,0 +1,148 @@
+"""Honest numbers in one run: the model, its ablations, the three scales and the three split units, each over
+several seeds and beside baselines fitted on the very same sequences.
+
+Within a seed, every method of a data setting (scale x split unit) sees identical splits and sequences:
+`dataset.prepare` is deterministic given the config, and ablations change only the model or the loss.
+Each training run has its own workdir under the suite's, so an interrupted suite resumes: finished runs are
+read back from their results.json.
+
+Writes <workdir>/results.json (every run), results.md (the table) and results.png (accuracy with spread).
+"""
+
+import json
+import pathlib
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+from absl import logging
+
+from cardiac_jax import baselines, dataset, metrics, train
+from cardiac_jax.errors import ConfigError
+
+# Data settings: name -> overrides of the config (scale numbers come from configs/medium.py and large.py).
+SCALES = {
+    "base": {},
+    "medium": {"data.n_per_type": 2000, "data.n_spatial": 1000, "train.num_epochs": 40, "train.learning_rate": 0.001},
+    "large": {"data.n_per_type": 3000, "data.n_spatial": 1500, "train.num_epochs": 50, "train.learning_rate": 0.0008},
+}
+# Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
+ROWS = {
+    "model": (("base", "donor"), "model", {}),
+    "no-attention": (("base", "donor"), "model without attention", {"model.use_attention": False}),
+    "unidirectional": (("base", "donor"), "model, unidirectional LSTM", {"model.bidirectional": False}),
+    "no-label-smoothing": (("base", "donor"), "model without label smoothing", {"train.label_smoothing": 0.0}),
+    "medium": (("medium", "donor"), "model", {}),
+    "large": (("large", "donor"), "model", {}),
+    "split-sequence": (("base", "sequence"), "model", {}),
+    "split-cell": (("base", "cell"), "model", {}),
+}
+
+
+def _with(config, overrides):
+  config = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def _setting(config, scale, unit, seed):
+  """The config of a data setting (scale, split unit) and a seed."""
+  config = _with(config, dict(SCALES[scale], **{"split.unit": unit}))
+  config.seed = seed
+  return config
+
+
+def _train_row(config, workdir):
+  """Trains (or reads back) one run; returns its test accuracy and macro-F1."""
+  results_path = workdir / "results.json"
+  if not results_path.exists():
+    train.train_and_evaluate(config, workdir)
+  results = json.loads(results_path.read_text())
+  return {"accuracy": results["test_accuracy"], "macro_f1": results["test_macro_f1"], "seconds": results["seconds"]["total"]}
+
+
+def run(config, workdir, seeds, rows=tuple(ROWS)):
+  """Runs the suite and writes results.json, results.md and results.png into workdir. Returns the summary rows."""
+  unknown = [r for r in rows if r not in ROWS]
+  if unknown:
+    raise ConfigError(f"unknown suite rows {unknown}; known: {list(ROWS)}")
+  workdir = pathlib.Path(workdir).expanduser()
+  workdir.mkdir(parents=True, exist_ok=True)
+  started = time.perf_counter()
+  settings = sorted({ROWS[r][0] for r in rows}, key=lambda s: (list(SCALES).index(s[0]), s[1]))
+  runs = []
+  for seed in seeds:
+    for setting in settings:
+      setting_name = f"{setting[0]}, split by {setting[1]}"
+      base = _setting(config, *setting, seed)
+      data = dataset.prepare(base)
+      leakage = data.report["leakage"]["cells_in_more_than_one_split"]
+      for name, method in baselines.BASELINES.items():
+        predictions = method(data, seed)
+        report = metrics.classification_report(data.test.labels, predictions, data.encoding.classes)
+        runs.append(dict(setting=setting_name, method=name, seed=seed, accuracy=report["accuracy"],
+                         macro_f1=report["macro_f1"], leakage=leakage))
+      for row in rows:
+        row_setting, method, overrides = ROWS[row]
+        if row_setting != setting:
+          continue
+        logging.info("suite: %s on %s, seed %d", method, setting_name, seed)
+        result = _train_row(_with(base, overrides), workdir / "runs" / f"{row}_seed{seed}")
+        runs.append(dict(setting=setting_name, method=method, seed=seed, leakage=leakage, **result))
+  summary = summarize(runs)
+  elapsed = time.perf_counter() - started
+  output = {"seeds": list(seeds), "wall_seconds": elapsed, "summary": summary, "runs": runs}
+  train.write_atomic(workdir / "results.json", json.dumps(output, indent=2))
+  train.write_atomic(workdir / "results.md", markdown(summary, seeds, elapsed))
+  plot(summary, workdir / "results.png")
+  logging.info("suite: %d runs in %.0f s; table in %s", len(runs), elapsed, workdir / "results.md")
+  return summary
+
+
+def summarize(runs):
+  """One row per (setting, method): mean and standard deviation over seeds."""
+  keys = list(dict.fromkeys((r["setting"], r["method"]) for r in runs))
+  summary = []
+  for setting, method in keys:
+    group = [r for r in runs if r["setting"] == setting and r["method"] == method]
+    acc = np.array([r["accuracy"] for r in group])
+    f1 = np.array([r["macro_f1"] for r in group])
+    summary.append(dict(
+        setting=setting, method=method, n=len(group),
+        accuracy_mean=float(acc.mean()), accuracy_std=float(acc.std(ddof=1)) if len(group) > 1 else 0.0,
+        macro_f1_mean=float(f1.mean()), macro_f1_std=float(f1.std(ddof=1)) if len(group) > 1 else 0.0,
+        leakage=int(np.mean([r["leakage"] for r in group])),
+    ))
+  return summary
+
+
+def markdown(summary, seeds, elapsed):
+  lines = [
+      f"Test accuracy and macro-F1, mean ± sd over seeds {list(seeds)}; suite wall time {elapsed / 60:.1f} min.",
+      "",
+      "| data (scale, split unit) | method | test accuracy | macro-F1 | cells in >1 split | runs |",
+      "|---|---|---|---|---|---|",
+  ]
+  for r in summary:
+    lines.append(
+        f"| {r['setting']} | {r['method']} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | "
+        f"{r['macro_f1_mean']:.4f} ± {r['macro_f1_std']:.4f} | {r['leakage']:,} | {r['n']} |"
+    )
+  return "\n".join(lines) + "\n"
+
+
+def plot(summary, path):
+  labels = [f"{r['method']}\n[{r['setting']}]" for r in summary]
+  fig, ax = plt.subplots(figsize=(9, 0.45 * len(summary) + 1.5))
+  y = np.arange(len(summary))[::-1]
+  colors = ["tab:gray" if r["method"] in baselines.BASELINES else "tab:blue" for r in summary]
+  ax.barh(y, [r["accuracy_mean"] for r in summary], xerr=[r["accuracy_std"] for r in summary], color=colors, capsize=3)
+  ax.set_yticks(y, labels, fontsize=7)
+  ax.set_xlabel("test accuracy (mean ± sd over seeds); grey = baselines")
+  ax.set_xlim(0, 1)
+  ax.grid(axis="x", alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

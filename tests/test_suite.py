@@ -1,0 +1,71 @@
+"""Baselines on the model's own sequences, and the suite's table: seeds, spread, leakage column, resuming."""
+
+import json
+
+import numpy as np
+import pytest
+
+from cardiac_jax import baselines, dataset, suite
+from cardiac_jax.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def data(cache_dir, simulated):
+  from configs import tiny
+
+  config = tiny.get_config()
+  config.data.cache_dir = str(cache_dir)
+  config.data.n_per_type = 60
+  return dataset.prepare(config)
+
+
+def test_baselines_predict_every_test_sequence(data):
+  chance = 1 / len(data.encoding.classes)
+  for name, method in baselines.BASELINES.items():
+    predictions = method(data, seed=0)
+    assert predictions.shape == (len(data.test),), name
+    assert set(np.unique(predictions)) <= set(range(len(data.encoding.classes)))
+    accuracy = (predictions == data.test.labels).mean()
+    if name != "majority class":
+      assert accuracy > 2 * chance, name  # the simulated types are learnable from expression
+  majority = baselines.majority(data, 0)
+  train_labels = data.train.labels[~data.train.spatial]
+  assert (majority == np.bincount(train_labels).argmax()).all()
+
+
+def test_sequence_means_average_the_cells(data):
+  means = baselines.sequence_means(data, data.test)
+  i = 3
+  ids = data.test.cell_ids[i, : data.test.lengths[i]]
+  np.testing.assert_allclose(means[i], data.cell_x[ids].mean(0), rtol=1e-5)
+
+
+def test_summary_and_table():
+  runs = [
+      dict(setting="base, split by donor", method="model", seed=s, accuracy=a, macro_f1=a - 0.1, leakage=0)
+      for s, a in enumerate([0.8, 0.9, 1.0])
+  ]
+  (row,) = suite.summarize(runs)
+  assert row["n"] == 3
+  assert row["accuracy_mean"] == pytest.approx(0.9)
+  assert row["accuracy_std"] == pytest.approx(0.1)
+  table = suite.markdown([row], [0, 1, 2], 60.0)
+  assert "| base, split by donor | model | 0.9000 ± 0.1000 | 0.8000 ± 0.1000 | 0 | 3 |" in table
+
+
+def test_suite_runs_resumes_and_refuses_unknown_rows(config, tmp_path):
+  summary = suite.run(config, tmp_path, seeds=[0, 1], rows=["model"])
+  methods = [r["method"] for r in summary]
+  assert methods == list(baselines.BASELINES) + ["model"]
+  assert all(r["n"] == 2 and r["leakage"] == 0 for r in summary)
+  written = json.loads((tmp_path / "results.json").read_text())
+  assert len(written["runs"]) == 2 * 4
+  assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
+  assert "| base, split by donor | model |" in (tmp_path / "results.md").read_text()
+  result_file = tmp_path / "runs" / "model_seed0" / "results.json"
+  stamp = result_file.stat().st_mtime_ns
+  again = suite.run(config, tmp_path, seeds=[0, 1], rows=["model"])
+  assert result_file.stat().st_mtime_ns == stamp  # finished runs are read back, not retrained
+  assert again == summary
+  with pytest.raises(ConfigError, match="unknown suite rows"):
+    suite.run(config, tmp_path, seeds=[0], rows=["bogus"])
