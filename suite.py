@@ -8,6 +8,7 @@ from ml_collections import config_flags
 
 from cardiac_jax import ConfigError, DataError, quiet_dependency_logs
 from cardiac_jax import suite
+from configs import default
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/base.py", "Base configuration of every run.", lock_config=True)
@@ -21,7 +22,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_dependency_logs()
   try:
-    suite.run(FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.rows)
+    suite.run(
+        FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.rows,
+        # The given config is the base scale as it stands; medium and large set the seed's numbers on it.
+        scales={"base": {}, "medium": default.SCALES["medium"], "large": default.SCALES["large"]},
+    )
   except (ConfigError, DataError) as e:
     sys.exit(f"error: {e}")
 

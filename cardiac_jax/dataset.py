@@ -55,23 +55,28 @@ class Dataset:
     return {"train": self.train, "val": self.val, "test": self.test}
 
 
+def simulated(config):
+  """(GSE175634 folder, Visium folder) of the built-in simulated data for config.sim, written once to the cache."""
+  sim = config.sim
+  return simulate.ensure_simulated(
+      config.data.cache_dir,
+      n_cells=sim.n_cells,
+      n_genes=sim.n_genes,
+      n_donors=sim.n_donors,
+      n_spots=sim.n_spots,
+      n_spot_genes=sim.n_spot_genes,
+      seed=sim.seed,
+      signal=sim.signal,
+  )
+
+
 def load(config):
   """Reads the configured source. Returns (AnnData of cells, path of a Visium folder or None)."""
   data = config.data
   if data.source not in SOURCES:
     raise ConfigError(f"data.source must be one of {SOURCES}, got {data.source!r}")
   if data.source == "simulated":
-    sim = config.sim
-    geo_dir, visium_dir = simulate.ensure_simulated(
-        data.cache_dir,
-        n_cells=sim.n_cells,
-        n_genes=sim.n_genes,
-        n_donors=sim.n_donors,
-        n_spots=sim.n_spots,
-        n_spot_genes=sim.n_spot_genes,
-        seed=sim.seed,
-        signal=sim.signal,
-    )
+    geo_dir, visium_dir = simulated(config)
     return readers.read_geo(geo_dir, data.geo_matrix), data.spatial_path or visium_dir
   if not data.path:
     raise ConfigError(f"data.source={data.source!r} needs data.path")

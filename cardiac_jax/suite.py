@@ -20,12 +20,6 @@ from absl import logging
 from cardiac_jax import baselines, dataset, metrics, train
 from cardiac_jax.errors import ConfigError
 
-# Data settings: name -> overrides of the config (scale numbers come from configs/medium.py and large.py).
-SCALES = {
-    "base": {},
-    "medium": {"data.n_per_type": 2000, "data.n_spatial": 1000, "train.num_epochs": 40, "train.learning_rate": 0.001},
-    "large": {"data.n_per_type": 3000, "data.n_spatial": 1500, "train.num_epochs": 50, "train.learning_rate": 0.0008},
-}
 # Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
 ROWS = {
     "model": (("base", "donor"), "model", {}),
@@ -47,9 +41,11 @@ def _with(config, overrides):
   return config
 
 
-def _setting(config, scale, unit, seed):
+def _setting(config, scales, scale, unit, seed):
   """The config of a data setting (scale, split unit) and a seed."""
-  config = _with(config, dict(SCALES[scale], **{"split.unit": unit}))
+  if scale not in scales:
+    raise ConfigError(f"the suite needs the numbers of the {scale!r} scale; given scales: {list(scales)}")
+  config = _with(config, dict(scales[scale], **{"split.unit": unit}))
   config.seed = seed
   return config
 
@@ -63,20 +59,29 @@ def _train_row(config, workdir):
   return {"accuracy": results["test_accuracy"], "macro_f1": results["test_macro_f1"], "seconds": results["seconds"]["total"]}
 
 
-def run(config, workdir, seeds, rows=tuple(ROWS)):
-  """Runs the suite and writes results.json, results.md and results.png into workdir. Returns the summary rows."""
+def run(config, workdir, seeds, rows=tuple(ROWS), scales=None):
+  """Runs the suite and writes results.json, results.md and results.png into workdir. Returns the summary rows.
+
+  Args:
+    config: the config of the 'base' scale; every run starts from it.
+    seeds: each seed changes the split, the sequences, the initialisation and dropout.
+    rows: ids of ROWS to train; baselines run on every data setting those rows use.
+    scales: {scale name: dotted config overrides} (configs/default.py's SCALES); 'base' alone by default.
+  """
+  scales = scales or {"base": {}}
   unknown = [r for r in rows if r not in ROWS]
   if unknown:
     raise ConfigError(f"unknown suite rows {unknown}; known: {list(ROWS)}")
   workdir = pathlib.Path(workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
-  settings = sorted({ROWS[r][0] for r in rows}, key=lambda s: (list(SCALES).index(s[0]), s[1]))
+  order = ["base", "medium", "large"]
+  settings = sorted({ROWS[r][0] for r in rows}, key=lambda s: (order.index(s[0]), s[1]))
   runs = []
   for seed in seeds:
     for setting in settings:
       setting_name = f"{setting[0]}, split by {setting[1]}"
-      base = _setting(config, *setting, seed)
+      base = _setting(config, scales, *setting, seed)
       data = dataset.prepare(base)
       leakage = data.report["leakage"]["cells_in_more_than_one_split"]
       for name, method in baselines.BASELINES.items():

@@ -8,6 +8,21 @@ import ml_collections
 # GSE175634's seven differentiation days, in order.
 GSE175634_DAYS = ("day0", "day1", "day3", "day5", "day7", "day11", "day15")
 
+# The seed's three stages (section 5.1), as dotted config fields; base is also the default.
+SCALES = {
+    "base": {"data.n_per_type": 1000, "data.n_spatial": 500, "train.num_epochs": 30, "train.learning_rate": 0.002},
+    "medium": {"data.n_per_type": 2000, "data.n_spatial": 1000, "train.num_epochs": 40, "train.learning_rate": 0.001},
+    "large": {"data.n_per_type": 3000, "data.n_spatial": 1500, "train.num_epochs": 50, "train.learning_rate": 0.0008},
+}
+
+
+def with_scale(config, scale):
+  """config with the numbers of one of the seed's stages (SCALES) set."""
+  for key, value in SCALES[scale].items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
 
 def get_config():
   """The seed's method with its base-scale numbers, on the built-in simulated data."""
@@ -38,9 +53,9 @@ def get_config():
   config.data.hvg_flavor = "seurat_v3"
   # Steps a sequence is padded to: the 7 days; 100 reproduces the seed's padding.
   config.data.max_len = 7
-  # Temporal sequences per cell type (all splits together) and spatial sequences (train only).
-  config.data.n_per_type = 1000
-  config.data.n_spatial = 500
+  # Temporal sequences per cell type (all splits together) and spatial sequences (train only): see SCALES.
+  config.data.n_per_type = 0
+  config.data.n_spatial = 0
   # Visium data (Space Ranger layout) for spatial sequences; '' = simulated (simulated source only).
   config.data.spatial_path = ""
   # Spots kept for pseudo-labelling: those whose centroid-correlation margin is at least this quantile.
@@ -76,8 +91,9 @@ def get_config():
   config.model.bidirectional = True
 
   config.train = ml_collections.ConfigDict()
-  config.train.num_epochs = 30
-  config.train.learning_rate = 0.002
+  # Epochs and learning rate: see SCALES.
+  config.train.num_epochs = 0
+  config.train.learning_rate = 0.0
   config.train.weight_decay = 0.01
   config.train.adam_eps = 1e-8
   config.train.clip_norm = 1.0
@@ -89,4 +105,4 @@ def get_config():
   config.train.plateau_patience = 3
   # Early stopping: epochs without a better validation accuracy.
   config.train.early_stop_patience = 8
-  return config
+  return with_scale(config, "base")

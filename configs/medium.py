@@ -4,9 +4,4 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.data.n_per_type = 2000
-  config.data.n_spatial = 1000
-  config.train.num_epochs = 40
-  config.train.learning_rate = 0.001
-  return config
+  return default.with_scale(default.get_config(), "medium")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cardiac_jax import simulate
+from cardiac_jax import dataset
 from configs import tiny
 
 
@@ -14,17 +14,9 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def simulated(cache_dir):
   """(geo_dir, visium_dir) of the tiny config's simulated data, written once."""
-  sim = tiny.get_config().sim
-  return simulate.ensure_simulated(
-      cache_dir,
-      n_cells=sim.n_cells,
-      n_genes=sim.n_genes,
-      n_donors=sim.n_donors,
-      n_spots=sim.n_spots,
-      n_spot_genes=sim.n_spot_genes,
-      seed=sim.seed,
-      signal=sim.signal,
-  )
+  config = tiny.get_config()
+  config.data.cache_dir = str(cache_dir)
+  return dataset.simulated(config)
 
 
 @pytest.fixture()
