@@ -13,6 +13,11 @@ Every step that is not valid is kept out of the logits: the backward LSTM starts
 step, attention never looks at padded keys, and pooling averages valid steps only. The logits
 therefore do not depend on the padded values or on how far a sequence is padded.
 
+The LSTM layers run `fused_lstm` by default (`lstm_impl='fused'`): the input projections of all steps
+outside the scan, both directions in one scan, a hand-written gradient. `lstm_impl='rnn'` runs the
+reference, an `nn.RNN` of `nn.OptimizedLSTMCell`s per direction, on the same parameter tree; the two
+give the same logits and gradients to float rounding.
+
 With the defaults and 200 genes the model has 1,383,303 parameters: the seed's PyTorch count of
 1,386,375 less PyTorch's second LSTM bias (6 directions x 512), which Flax's cells do not have.
 """
@@ -43,6 +48,206 @@ def count_params(params: Any) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
 
 
+# Scans of at most this many steps (the seed's 7 time points) are unrolled completely, so XLA
+# sees straight-line code without a loop; longer scans are unrolled by PARTIAL_UNROLL.
+FULL_UNROLL_STEPS = 16
+PARTIAL_UNROLL = 4
+
+
+def reverse_index(lengths, steps):
+  """Time indices that reverse each sequence's valid prefix and leave its padding in place.
+
+  The map is its own inverse: gathering with it twice gives back the original order.
+
+  Args:
+    lengths: `[batch]` int, number of valid steps of each sequence.
+    steps: the padded number of steps.
+
+  Returns:
+    `[batch, steps]` int32: `lengths[b] - 1 - t` where `t < lengths[b]`, else `t`.
+  """
+  t = jnp.arange(steps, dtype=jnp.int32)[None, :]
+  lengths = jnp.asarray(lengths, jnp.int32)[:, None]
+  return jnp.where(t < lengths, lengths - 1 - t, t)
+
+
+class _DenseParams(nn.Module):
+  """A `kernel` (and optionally a `bias`) named and shaped as `nn.Dense` would have them.
+
+  Attributes:
+    features: output width.
+    use_bias: declare a zero-initialised bias too.
+    kernel_init: initializer of the kernel.
+  """
+  features: int
+  use_bias: bool
+  kernel_init: Any
+
+  @nn.compact
+  def __call__(self, in_features):
+    """Returns (`[in_features, features]` kernel, `[features]` bias or None)."""
+    kernel = self.param('kernel', self.kernel_init, (in_features, self.features), jnp.float32)
+    bias = (self.param('bias', nn.initializers.zeros_init(), (self.features,), jnp.float32)
+            if self.use_bias else None)
+    return kernel, bias
+
+
+class LSTMParams(nn.Module):
+  """The parameters of one LSTM direction, in `nn.OptimizedLSTMCell`'s tree and initialisation.
+
+  The tree is `ii, if, ig, io` (input kernels) and `hi, hf, hg, ho` (recurrent kernel and bias),
+  so a fused layer and an `nn.RNN` of `nn.OptimizedLSTMCell`s read the same checkpoints.
+
+  Attributes:
+    hidden_dim: hidden units.
+  """
+  hidden_dim: int
+
+  @nn.compact
+  def __call__(self, in_features):
+    """Returns the gates fused in `i, f, g, o` order, the cell's order.
+
+    Returns:
+      (`[in_features, 4 * hidden_dim]` input kernel, `[hidden_dim, 4 * hidden_dim]` recurrent
+      kernel, `[4 * hidden_dim]` bias).
+    """
+    input_kernels, recurrent_kernels, biases = [], [], []
+    for gate in 'ifgo':
+      kernel, _ = _DenseParams(
+          self.hidden_dim, False, nn.initializers.lecun_normal(), name=f'i{gate}')(in_features)
+      input_kernels.append(kernel)
+      kernel, bias = _DenseParams(
+          self.hidden_dim, True, nn.initializers.orthogonal(), name=f'h{gate}')(self.hidden_dim)
+      recurrent_kernels.append(kernel)
+      biases.append(bias)
+    return (jnp.concatenate(input_kernels, axis=-1), jnp.concatenate(recurrent_kernels, axis=-1),
+            jnp.concatenate(biases))
+
+
+def _unroll(steps):
+  return steps if steps <= FULL_UNROLL_STEPS else PARTIAL_UNROLL
+
+
+def _lstm_step(gates, c):
+  """One LSTM update from pre-activation gates `[..., 4 * hidden]` (i, f, g, o) and the cell state.
+
+  Returns:
+    (activated gates `[..., 4 * hidden]`, new cell state, new output).
+  """
+  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  i, f, g, o = nn.sigmoid(i), nn.sigmoid(f), jnp.tanh(g), nn.sigmoid(o)
+  c = f * c + i * g
+  return jnp.concatenate([i, f, g, o], axis=-1), c, o * jnp.tanh(c)
+
+
+def _recurrence_forward(gates_x, recurrent_kernels):
+  """The LSTM recurrence with what its backward pass needs.
+
+  Returns:
+    (outputs `[steps, directions, batch, hidden]`, residuals: activated gates `[steps, directions,
+    batch, 4 * hidden]`, cell states and outputs `[steps, directions, batch, hidden]`, and
+    `recurrent_kernels`).
+  """
+  steps, directions, batch, _ = gates_x.shape
+  hidden = recurrent_kernels.shape[1]
+
+  def step(carry, gates_x_t):
+    c, h = carry  # [directions, batch, hidden]
+    gates = gates_x_t + jnp.einsum('dbh,dhg->dbg', h, recurrent_kernels)
+    activated, c, h = _lstm_step(gates, c)
+    return (c, h), (activated, c, h)
+
+  zeros = jnp.zeros((directions, batch, hidden), gates_x.dtype)
+  _, (activated, cells, outputs) = jax.lax.scan(
+      step, (zeros, zeros), gates_x, unroll=_unroll(steps))
+  return outputs, (activated, cells, outputs, recurrent_kernels)
+
+
+@jax.custom_vjp
+def lstm_recurrence(gates_x, recurrent_kernels):
+  """Runs LSTMs from zero state, given the input part of their gates at every step.
+
+  Its gradient is written out so that the recurrent kernels' gradient is one matrix product over
+  all steps after the backward scan, rather than one small product per step inside it.
+
+  Args:
+    gates_x: `[steps, directions, batch, 4 * hidden]`, input projections plus bias (i, f, g, o).
+    recurrent_kernels: `[directions, hidden, 4 * hidden]`.
+
+  Returns:
+    `[steps, directions, batch, hidden]` outputs.
+  """
+  return _recurrence_forward(gates_x, recurrent_kernels)[0]
+
+
+def _recurrence_backward(residuals, d_outputs):
+  """Gradients of `lstm_recurrence` with respect to its two inputs, given those of its outputs."""
+  activated, cells, outputs, recurrent_kernels = residuals
+  steps = activated.shape[0]
+  previous_cells = jnp.concatenate([jnp.zeros_like(cells[:1]), cells[:-1]])
+  previous_outputs = jnp.concatenate([jnp.zeros_like(outputs[:1]), outputs[:-1]])
+
+  def step(carry, inputs):
+    d_h_next, d_c_next = carry  # from step t + 1, [directions, batch, hidden]
+    d_h_t, gates, c, c_prev = inputs
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    tanh_c = jnp.tanh(c)
+    d_h = d_h_t + d_h_next
+    d_c = d_c_next + d_h * o * (1.0 - tanh_c ** 2)
+    d_gates = jnp.concatenate([
+        d_c * g * i * (1.0 - i),
+        d_c * c_prev * f * (1.0 - f),
+        d_c * i * (1.0 - g ** 2),
+        d_h * tanh_c * o * (1.0 - o),
+    ], axis=-1)
+    d_h_prev = jnp.einsum('dbg,dhg->dbh', d_gates, recurrent_kernels)
+    return (d_h_prev, d_c * f), d_gates
+
+  zeros = jnp.zeros_like(cells[0])
+  _, d_gates = jax.lax.scan(
+      step, (zeros, zeros), (d_outputs, activated, cells, previous_cells), reverse=True,
+      unroll=_unroll(steps))
+  d_kernels = jnp.einsum('tdbh,tdbg->dhg', previous_outputs, d_gates)
+  return d_gates, d_kernels
+
+
+lstm_recurrence.defvjp(_recurrence_forward, _recurrence_backward)
+
+
+def fused_lstm(x, lengths, input_kernels, recurrent_kernels, biases):
+  """Runs one or two LSTM directions over padded sequences in one scan.
+
+  The input projections of all steps and directions are one matrix product outside the scan;
+  each step then does one batched `[hidden, 4 * hidden]` product for all directions. The second
+  direction, if any, is the backward one: it runs over each sequence's valid prefix reversed, so
+  it starts at the last valid step.
+
+  Args:
+    x: `[batch, steps, features]` inputs.
+    lengths: `[batch]` int, number of valid steps of each sequence.
+    input_kernels: `[directions, features, 4 * hidden]`.
+    recurrent_kernels: `[directions, hidden, 4 * hidden]`.
+    biases: `[directions, 4 * hidden]`.
+
+  Returns:
+    `[batch, steps, directions * hidden]`, forward outputs first; values at padded steps are not
+    meaningful.
+  """
+  batch, steps, _ = x.shape
+  directions, hidden, _ = recurrent_kernels.shape
+  # [steps, directions, batch, 4 * hidden]
+  gates_x = jnp.einsum('btf,dfg->tdbg', x, input_kernels) + biases[None, :, None, :]
+  if directions == 2:
+    order = reverse_index(lengths, steps).T  # [steps, batch]
+    backward = jnp.take_along_axis(gates_x[:, 1], order[..., None], axis=0)
+    gates_x = jnp.stack([gates_x[:, 0], backward], axis=1)
+  outputs = lstm_recurrence(gates_x, recurrent_kernels)  # [steps, directions, batch, hidden]
+  if directions == 2:
+    backward = jnp.take_along_axis(outputs[:, 1], order[..., None], axis=0)
+    outputs = jnp.stack([outputs[:, 0], backward], axis=1)
+  return jnp.transpose(outputs, (2, 0, 1, 3)).reshape(batch, steps, directions * hidden)
+
+
 class LSTMLayer(nn.Module):
   """One LSTM layer over padded sequences, run in one or both directions.
 
@@ -53,9 +258,13 @@ class LSTMLayer(nn.Module):
   Attributes:
     hidden_dim: hidden units per direction.
     bidirectional: run a backward LSTM too and concatenate its outputs to the forward ones.
+    impl: 'fused' (`fused_lstm`: both directions in one scan, input projections outside it) or
+      'rnn' (the reference: `nn.RNN` of `nn.OptimizedLSTMCell`s). Both have the same parameters
+      and compute the same function at valid steps.
   """
   hidden_dim: int
   bidirectional: bool = True
+  impl: str = 'fused'
 
   @nn.compact
   def __call__(self, x, lengths):
@@ -69,6 +278,12 @@ class LSTMLayer(nn.Module):
       `[batch, steps, hidden_dim]`, or `[batch, steps, 2 * hidden_dim]` when bidirectional
       (forward outputs first); values at padded steps are not meaningful.
     """
+    names = ('forward', 'backward') if self.bidirectional else ('forward',)
+    if self.impl == 'fused':
+      params = [LSTMParams(self.hidden_dim, name=name)(x.shape[-1]) for name in names]
+      return fused_lstm(x, lengths, *(jnp.stack(p) for p in zip(*params)))
+    if self.impl != 'rnn':
+      raise ValueError(f"LSTM impl must be 'fused' or 'rnn', not {self.impl!r}")
     forward = nn.RNN(nn.OptimizedLSTMCell(self.hidden_dim, name='forward'))
     outputs = forward(x, seq_lengths=lengths)
     if not self.bidirectional:
@@ -91,6 +306,7 @@ class EnhancedCardiacRNN(nn.Module):
     head_dims: widths of the hidden layers of the classification head.
     use_attention: put masked self-attention (residual + LayerNorm) after the LSTM.
     bidirectional: run each LSTM layer in both directions.
+    lstm_impl: 'fused' (fast) or 'rnn' (the `nn.RNN` reference); see `LSTMLayer.impl`.
   """
   num_classes: int = 7
   hidden_dim: int = 128
@@ -101,6 +317,7 @@ class EnhancedCardiacRNN(nn.Module):
   head_dims: Sequence[int] = (128, 64)
   use_attention: bool = True
   bidirectional: bool = True
+  lstm_impl: str = 'fused'
 
   @nn.compact
   def __call__(self, x, lengths, *, train: bool):
@@ -124,7 +341,8 @@ class EnhancedCardiacRNN(nn.Module):
     for layer in range(self.num_layers):
       if layer > 0:
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
-      h = LSTMLayer(self.hidden_dim, self.bidirectional, name=f'lstm_{layer}')(h, lengths)
+      h = LSTMLayer(
+          self.hidden_dim, self.bidirectional, self.lstm_impl, name=f'lstm_{layer}')(h, lengths)
     # [batch, steps, features]; zero the padded steps, which the forward LSTM ran on through.
     h = jnp.where(mask[..., None], h, 0.0)
 

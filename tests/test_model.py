@@ -1,4 +1,4 @@
-"""Tests of cardiac_jax.model: parameter count, shapes, masking invariances, dropout.
+"""Tests of cardiac_jax.model: parameter count, shapes, masking invariances, dropout, fused LSTM.
 
 All but the parameter-count test use a small model (12 genes, hidden 8, 2 heads, 2 layers) and few
 input shapes, since every new shape is an XLA compile.
@@ -24,6 +24,20 @@ def _inputs(seed, batch, steps, lengths):
   return jnp.where(model_lib.valid_mask(lengths, steps)[..., None], x, 0.0), lengths
 
 
+def _perturbed(params, seed):
+  """params plus N(0, 0.1) noise on every leaf, so that zero-initialised biases matter too."""
+  leaves, tree = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(
+      tree, [leaf + 0.1 * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys)])
+
+
+def _assert_trees_close(actual, expected, atol):
+  chex.assert_trees_all_equal_structs(actual, expected)
+  for a, e in zip(jax.tree_util.tree_leaves(actual), jax.tree_util.tree_leaves(expected)):
+    np.testing.assert_allclose(a, e, rtol=0, atol=atol)
+
+
 class HelpersTest(absltest.TestCase):
 
   def test_valid_mask(self):
@@ -36,6 +50,12 @@ class HelpersTest(absltest.TestCase):
     tree = {'a': {'kernel': jnp.zeros((3, 4)), 'bias': jnp.zeros(4)},
             'b': jax.ShapeDtypeStruct((2, 5), jnp.float32)}
     self.assertEqual(model_lib.count_params(tree), 26)
+
+  def test_reverse_index(self):
+    order = model_lib.reverse_index(jnp.array([3, 1, 4]), 4)
+    np.testing.assert_array_equal(order, [[2, 1, 0, 3], [0, 1, 2, 3], [3, 2, 1, 0]])
+    rows = jnp.arange(3)[:, None]
+    np.testing.assert_array_equal(order[rows, order], jnp.broadcast_to(jnp.arange(4), (3, 4)))
 
 
 class ParamCountTest(absltest.TestCase):
@@ -171,6 +191,71 @@ class EnhancedCardiacRNNTest(chex.TestCase):
     chex.assert_tree_all_finite(grads)
     self.assertGreater(
         float(sum(jnp.abs(g).sum() for g in jax.tree_util.tree_leaves(grads))), 0.0)
+
+
+class FusedLSTMTest(parameterized.TestCase):
+  """The fused LSTM (the default) computes what the nn.RNN reference does, on the same parameters."""
+
+  @parameterized.named_parameters(('bidirectional', True), ('unidirectional', False))
+  def test_same_parameters(self, bidirectional):
+    """Same tree, shapes and initial values, so checkpoints and counts do not depend on the impl."""
+    x, lengths = _inputs(0, 3, 5, [5, 2, 1])
+    init = lambda impl: model_lib.LSTMLayer(8, bidirectional, impl).init(
+        jax.random.key(0), x, lengths)
+    _assert_trees_close(init('fused'), init('rnn'), atol=0)
+    shapes = lambda impl: jax.eval_shape(
+        lambda: model_lib.EnhancedCardiacRNN(bidirectional=bidirectional, lstm_impl=impl).init(
+            jax.random.key(0), jnp.zeros((2, 7, 200)), jnp.ones(2, jnp.int32), train=False))
+    self.assertEqual(shapes('fused'), shapes('rnn'))
+
+  @parameterized.named_parameters(
+      ('bidirectional', dict(bidirectional=True), [6, 3, 1, 2, 5]),
+      # Attention and head are the same code under both impls: left out to save compile time.
+      ('unidirectional', dict(bidirectional=False, use_attention=False, head_dims=()),
+       [1, 6, 4, 2, 6]),
+  )
+  def test_model_same_logits_and_gradients(self, overrides, lengths):
+    """Two layers, lengths from 1 to all steps; the gradients of every parameter agree."""
+    x, lengths = _inputs(12, len(lengths), 6, lengths)
+    labels = jnp.arange(len(lengths)) % SMALL['num_classes']
+    model = lambda impl: model_lib.EnhancedCardiacRNN(**{**SMALL, **overrides}, lstm_impl=impl)
+
+    def loss(params, impl):
+      logits = model(impl).apply({'params': params}, x, lengths, train=False)
+      one_hot = jax.nn.one_hot(labels, SMALL['num_classes'])
+      return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1)), logits
+
+    params = _perturbed(jax.jit(model('rnn').init, static_argnames='train')(
+        jax.random.key(13), x, lengths, train=False)['params'], seed=14)
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    fused_grads, fused_logits = grad(params, 'fused')
+    grads, logits = grad(params, 'rnn')
+    np.testing.assert_allclose(fused_logits, logits, rtol=0, atol=1e-5)
+    _assert_trees_close(fused_grads, grads, atol=1e-5)
+    for layer in range(SMALL['num_layers']):
+      for leaf in jax.tree_util.tree_leaves(grads[f'lstm_{layer}']):
+        self.assertGreater(float(jnp.abs(leaf).max()), 0.0)
+
+  def test_long_scan_same_outputs_and_gradients(self):
+    """Longer than FULL_UNROLL_STEPS (a partly unrolled scan that the unroll does not divide)."""
+    steps = model_lib.FULL_UNROLL_STEPS + 3
+    x, lengths = _inputs(15, 4, steps, [steps, 1, 11, steps - 1])
+    mask = model_lib.valid_mask(lengths, steps)[..., None]
+    weights = jax.random.normal(jax.random.key(16), (4, steps, 16))
+
+    def loss(variables, impl):
+      outputs = model_lib.LSTMLayer(8, True, impl).apply(variables, x, lengths)
+      outputs = jnp.where(mask, outputs, 0.0)
+      return jnp.sum(outputs * weights), outputs
+
+    variables = _perturbed(model_lib.LSTMLayer(8).init(jax.random.key(17), x, lengths), seed=18)
+    grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
+    _assert_trees_close(grad(variables, 'fused'), grad(variables, 'rnn'), atol=1e-5)
+
+  def test_unknown_impl(self):
+    x, lengths = _inputs(0, 1, 2, [2])
+    with self.assertRaisesRegex(ValueError, 'fused'):
+      model_lib.LSTMLayer(4, impl='cudnn').init(jax.random.key(0), x, lengths)
 
 
 if __name__ == '__main__':
