@@ -19,20 +19,38 @@ def adaptive_batch_size(n_train):
   return LARGEST_BATCH
 
 
-def iterate(sequences, batch_size, rng=None):
+def used_steps(*sequence_sets):
+  """The longest sequence of all the sets: the steps a batch needs, however far the data are padded.
+
+  The seed pads every sequence to 100 steps of which at most 7 are valid; batches cut to the used steps give
+  the model the same logits (it masks padding) for a fraction of the work, and one shape for the whole run.
+  """
+  return int(max(int(s.lengths.max()) for s in sequence_sets if len(s)))
+
+
+def iterate(sequences, batch_size, rng=None, steps=None):
   """Yields batches covering every sequence once, shuffled when `rng` is given.
 
+  Args:
+    sequences: a sequences.Sequences.
+    batch_size: sequences per batch; a short last batch is filled up to it.
+    rng: a numpy Generator to shuffle with, or None for the stored order.
+    steps: cut x to its first `steps` time steps (at least the longest length; see `used_steps`), or None
+      to keep the stored padding.
+
   Yields:
-    dicts of numpy arrays: x [batch, max_len, genes] float32, lengths [batch] int32, labels [batch] int32,
+    dicts of numpy arrays: x [batch, steps, genes] float32, lengths [batch] int32, labels [batch] int32,
     mask [batch] float32 (1 for real sequences, 0 for the fill of a short last batch).
   """
   n = len(sequences)
+  if steps is not None and n and steps < sequences.lengths.max():
+    raise ValueError(f"steps={steps} would cut sequences of length {sequences.lengths.max()}")
   order = rng.permutation(n) if rng is not None else np.arange(n)
   for start in range(0, n, batch_size):
     index = order[start : start + batch_size]
     fill = batch_size - len(index)
     batch = {
-        "x": sequences.x[index],
+        "x": sequences.x[index, :steps],
         "lengths": sequences.lengths[index],
         "labels": sequences.labels[index],
         "mask": np.ones(len(index), np.float32),

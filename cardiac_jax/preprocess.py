@@ -79,7 +79,8 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
   }
   if not keep.any():
     raise DataError(path, f"no usable cells left after quality control: {report}")
-  adata = adata[keep].copy()
+  if not keep.all():  # at GSE175634's full size a copy of X is gigabytes; skip it when nothing is dropped
+    adata = adata[keep].copy()
   adata.obs[time_key] = adata.obs[time_key].astype(str)
   adata.obs[label_key] = adata.obs[label_key].astype(str)
   if donor_key:
@@ -107,11 +108,30 @@ def _log_normalize(adata, kind, target_sum):
     sc.pp.log1p(adata)
 
 
-def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", hvg_flavor="seurat_v3", target_sum=1e4):
+def detected_in(x, rows, block=20_000):
+  """[genes] int64: in how many of `rows` each gene is non-zero, for CSR `x` [cells, genes], `block` rows at a time.
+
+  Never copies x: at GSE175634's full size even a boolean copy is gigabytes.
+  """
+  chosen = np.zeros(x.shape[0], bool)
+  chosen[np.asarray(rows)] = True
+  counts = np.zeros(x.shape[1], np.int64)
+  for lo in range(0, x.shape[0], block):
+    part = x[lo : lo + block]
+    entry_rows = np.repeat(chosen[lo : lo + block], np.diff(part.indptr))
+    counts += np.bincount(part.indices[entry_rows & (part.data != 0)], minlength=x.shape[1])
+  return counts
+
+
+def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", hvg_flavor="seurat_v3", target_sum=1e4,
+                         min_cells=3):
   """Normalises every cell and selects `n_genes` highly variable genes on the training cells only.
 
   seurat_v3 ranks genes on raw counts, so with count data the genes are chosen before normalisation; other
-  data (or flavours) are log-normalised first and ranked with 'seurat'.
+  data (or flavours) are log-normalised first and ranked with 'seurat'. Only genes detected in at least
+  `min_cells` training cells are ranked (scanpy's usual `filter_genes(min_cells=3)`): at GSE175634's size
+  tens of thousands of genes are seen in a cell or two, and their identical (mean, variance) points make
+  seurat_v3's loess fit singular.
 
   Args:
     adata: quality-controlled AnnData, X [cells, genes]; modified in place (normalised).
@@ -132,10 +152,17 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
   on_counts = kind == "counts" and hvg_flavor == "seurat_v3"
   if not on_counts:
     _log_normalize(adata, kind, target_sum)
+  x = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+  ranked = np.flatnonzero(detected_in(x.tocsr(), train_cells) >= min_cells)
+  if len(ranked) < n_genes:
+    raise DataError(path, f"only {len(ranked)} genes are detected in >= {min_cells} training cells; "
+                          f"data.n_genes={n_genes} cannot be chosen")
   train = adata[np.asarray(train_cells)]
+  if len(ranked) < adata.n_vars:
+    train = train[:, ranked]
   flavor = hvg_flavor if on_counts else "seurat"
   ranking = sc.pp.highly_variable_genes(train, flavor=flavor, n_top_genes=n_genes, inplace=False)
-  chosen = np.flatnonzero(ranking["highly_variable"].to_numpy())
+  chosen = ranked[np.flatnonzero(ranking["highly_variable"].to_numpy())]
   if on_counts:
     _log_normalize(adata, kind, target_sum)
   x = adata.X[:, chosen]

@@ -5,6 +5,7 @@ raises `DataError(path, problem)` naming the file at fault. Matrices stay sparse
 into a CSR `[cells, genes]` matrix and never densified here.
 """
 
+import gzip
 import pathlib
 
 import anndata
@@ -49,15 +50,24 @@ def _read_table(path, columns, **kwargs):
   return table
 
 
-def _read_mtx(path, shape, orientation):
-  """Reads a MatrixMarket file whose shape must be `shape`, and returns it as CSR float32.
+# MatrixMarket entries parsed per chunk: about 50 MB of arrays, whatever the size of the file.
+MTX_CHUNK_ENTRIES = 4_000_000
+
+
+def _read_mtx(path, shape, orientation, chunk_entries=MTX_CHUNK_ENTRIES):
+  """Reads a coordinate MatrixMarket file whose shape must be `shape`, transposed: CSR float32 `[cols, rows]`.
+
+  GEO and Space Ranger write genes x cells; this returns cells x genes. The body is parsed in chunks of
+  `chunk_entries` lines straight into the CSR arrays (int32 indices, float32 values: 8 bytes an entry), so
+  the whole GSE175634 matrix (hundreds of millions of entries) never exists as text, float64 or COO triplets.
+  Entries in column order, as R's writeMM and Space Ranger write them, need no sort; others are sorted.
 
   `orientation` names the expected layout (e.g. 'genes x cells') for the error message; a matrix whose shape is
   `shape` reversed is reported as being in the wrong orientation.
   """
   path = _existing(path)
   try:
-    rows, cols, _, fmt, _, _ = scipy.io.mminfo(str(path))
+    rows, cols, nnz, fmt, field, _ = scipy.io.mminfo(str(path))
   except (OSError, ValueError, EOFError) as e:
     raise DataError(path, f"is not a MatrixMarket file ({e})") from e
   if fmt != "coordinate":
@@ -68,11 +78,68 @@ def _read_mtx(path, shape, orientation):
           path, f"matrix is {rows} x {cols}, the transpose of the expected {orientation} ({shape[0]} x {shape[1]})"
       )
     raise DataError(path, f"matrix is {rows} x {cols} but the index files give {orientation} = {shape[0]} x {shape[1]}")
+  if field not in ("integer", "real", "pattern"):
+    raise DataError(path, f"MatrixMarket field '{field}' is not supported (integer, real or pattern)")
   try:
-    matrix = scipy.io.mmread(str(path))
-  except (OSError, ValueError, EOFError) as e:
+    return _read_mtx_body(path, rows, cols, nnz, field, chunk_entries)
+  except (OSError, ValueError, EOFError, pd.errors.ParserError) as e:
     raise DataError(path, f"MatrixMarket body cannot be read ({e})") from e
-  return sp.csr_matrix(matrix, dtype=np.float32)
+
+
+def _header_lines(path):
+  """Lines before the first entry: '%' comment lines and the size line."""
+  opener = gzip.open if path.suffix == ".gz" else open
+  with opener(path, "rt") as f:
+    for n, line in enumerate(f, start=1):
+      if not line.startswith("%"):
+        return n
+  raise ValueError("no size line")
+
+
+def _read_mtx_body(path, rows, cols, nnz, field, chunk_entries):
+  """CSR `[cols, rows]` float32 of the file's entries; raises DataError on entries out of range or missing."""
+  names = ["row", "col"] if field == "pattern" else ["row", "col", "value"]
+  dtypes = {"row": np.int32, "col": np.int32, "value": np.float32}
+  chunks = pd.read_csv(
+      path, sep=r"\s+", header=None, names=names, skiprows=_header_lines(path),
+      dtype={name: dtypes[name] for name in names}, chunksize=chunk_entries, engine="c",
+  )
+  indices = np.empty(nnz, np.int32)  # the file's row (gene) of every entry
+  data = np.ones(nnz, np.float32)
+  per_col = np.zeros(cols, np.int64)
+  col_of_entry = None  # kept only if the entries are not in column order
+  done, last_col, in_order = 0, 0, True
+  for chunk in chunks:
+    n = len(chunk)
+    if done + n > nnz:
+      raise DataError(path, f"has more entries than the {nnz} its size line declares")
+    row = chunk["row"].to_numpy()
+    col = chunk["col"].to_numpy()
+    if row.min() < 1 or row.max() > rows or col.min() < 1 or col.max() > cols:
+      raise DataError(path, f"an entry near entry {done + 1} lies outside the {rows} x {cols} matrix")
+    if field != "pattern":
+      value = chunk["value"].to_numpy()
+      if not np.isfinite(value).all():
+        raise DataError(path, f"entry {done + 1 + int(np.argmin(np.isfinite(value)))} has no finite value")
+      data[done : done + n] = value
+    indices[done : done + n] = row - 1
+    per_col += np.bincount(col - 1, minlength=cols)
+    if in_order and (col[0] < last_col or (np.diff(col) < 0).any()):
+      in_order = False
+      col_of_entry = np.empty(nnz, np.int32)
+      col_of_entry[:done] = np.repeat(np.arange(cols, dtype=np.int32), per_col - np.bincount(col - 1, minlength=cols))
+    if col_of_entry is not None:
+      col_of_entry[done : done + n] = col - 1
+    last_col = col[-1]
+    done += n
+  if done != nnz:
+    raise DataError(path, f"has {done} entries but its size line declares {nnz}; is the file truncated?")
+  if not in_order:
+    return sp.csr_matrix(sp.coo_matrix((data, (col_of_entry, indices)), shape=(cols, rows)))
+  indptr = np.concatenate([[0], np.cumsum(per_col)])
+  matrix = sp.csr_matrix((data, indices, indptr), shape=(cols, rows))
+  matrix.sum_duplicates()
+  return matrix
 
 
 def read_geo(folder, matrix="counts"):
@@ -89,7 +156,7 @@ def read_geo(folder, matrix="counts"):
   if matrix not in GEO_MATRICES:
     raise ConfigError(f"data.geo_matrix must be one of {sorted(GEO_MATRICES)}, got {matrix!r}")
   matrix_file, genes_file = (folder / name for name in GEO_MATRICES[matrix])
-  genes = _read_table(folder / genes_file, ["gene_index", "gene_name"])
+  genes = _read_table(genes_file, ["gene_index", "gene_name"])
   cells = _read_table(folder / GEO_CELL_INDICES, ["cell_index", "cell_name"], dtype={"cell_name": str})
   meta_path = folder / GEO_METADATA
   metadata = _read_table(
@@ -104,10 +171,10 @@ def read_geo(folder, matrix="counts"):
         f"row {first + 1} is cell {metadata['cell'].iloc[first]!r} but {GEO_CELL_INDICES} has "
         f"{cells['cell_name'].iloc[first]!r} there; the rows must be in the same order",
     )
-  counts = _read_mtx(matrix_file, (len(genes), len(cells)), "genes x cells")
+  counts = _read_mtx(matrix_file, (len(genes), len(cells)), "genes x cells")  # [cells, genes]
   obs = metadata.set_index(pd.Index(cells["cell_name"].astype(str).to_numpy(), name="cell_name"))
   var = pd.DataFrame(index=pd.Index(genes["gene_name"].astype(str).to_numpy(), name="gene_name"))
-  adata = anndata.AnnData(X=counts.T.tocsr(), obs=obs, var=var)
+  adata = anndata.AnnData(X=counts, obs=obs, var=var)
   adata.var_names_make_unique()
   adata.uns["source_path"] = str(folder)
   return adata
@@ -151,7 +218,7 @@ def read_visium(folder):
   missing = [c for c in names[:4] if c not in positions.columns]
   if missing:
     raise DataError(positions_path, f"missing column(s) {missing}")
-  counts = _read_mtx(mtx_dir / "matrix.mtx.gz", (len(features), len(barcodes)), "features x barcodes")
+  counts = _read_mtx(mtx_dir / "matrix.mtx.gz", (len(features), len(barcodes)), "features x barcodes")  # [spots, genes]
   barcode_list = barcodes[0].to_numpy()
   positions = positions.set_index("barcode")
   absent = ~pd.Index(barcode_list).isin(positions.index)
@@ -160,7 +227,7 @@ def read_visium(folder):
   obs = positions.loc[barcode_list, ["in_tissue", "array_row", "array_col"]].astype(int)
   obs.index.name = "barcode"
   var = pd.DataFrame({"gene_id": features[0].to_numpy()}, index=pd.Index(features[1].to_numpy(), name="gene_name"))
-  adata = anndata.AnnData(X=counts.T.tocsr(), obs=obs, var=var)
+  adata = anndata.AnnData(X=counts, obs=obs, var=var)
   adata.var_names_make_unique()
   adata.uns["source_path"] = str(folder)
   return adata

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
+from cardiac_jax import batches as batching
 from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import train as train_lib
@@ -73,7 +74,7 @@ def evaluate(workdir):
   state = train_lib.create_train_state(jax.random.key(0), config, len(classes), len(record["genes"]), config.data.max_len)
   params, meta = train_lib.restore_best_params(workdir, state.params)
   eval_fn = train_lib.make_eval_step(state.apply_fn, config.train.label_smoothing)
-  _, logits = train_lib.predict(eval_fn, params, data.test, record["batch_size"])
+  _, logits = train_lib.predict(eval_fn, params, data.test, record["batch_size"], batching.used_steps(data.test))
   report = metrics_lib.classification_report(data.test.labels, logits.argmax(-1), classes)
   report.update(
       best_epoch=meta["best_epoch"],

@@ -693,21 +693,25 @@ def _write_or_accept(folder, files, write, **kwargs):
       raise
 
 
-def ensure_simulated(cache_dir, *, n_cells, n_genes, n_donors, n_spots, n_spot_genes, seed, signal=1.0):
+def ensure_simulated(cache_dir, *, n_cells, n_genes, n_donors, n_spots, n_spot_genes, seed, signal=1.0,
+                     sctransform=True):
   """The simulated GSE175634 (with its SCTransform-like matrix) and Visium folders, written once.
 
   Both live under `cache_dir/simulated/<key>/` (key from every argument, e.g.
   c20000_g4000_d19_s4000_sg2000_seed0_signal0.5) as `GSE175634/` and `visium/`; each is written only if it
-  does not exist (folders appear complete or not at all). Returns (geo_dir, visium_dir).
+  does not exist (folders appear complete or not at all). sctransform=False leaves the SCTransform-like
+  matrix out (half the writing at full size; key suffix `_counts_only`). Returns (geo_dir, visium_dir).
   """
   key = f"c{n_cells}_g{n_genes}_d{n_donors}_s{n_spots}_sg{n_spot_genes}_seed{seed}_signal{signal:g}"
+  key += "" if sctransform else "_counts_only"
+  geo_files = _GEO_FILES + (_SCT_FILES if sctransform else ())
   base = pathlib.Path(cache_dir).expanduser() / "simulated" / key
   geo_dir, visium_dir = base / "GSE175634", base / "visium"
-  if not _complete(geo_dir, _GEO_FILES + _SCT_FILES):
+  if not _complete(geo_dir, geo_files):
     print(f"simulating GSE175634 ({n_cells:,} cells x {n_genes:,} genes) into {geo_dir}",
           file=sys.stderr)
-    _write_or_accept(geo_dir, _GEO_FILES + _SCT_FILES, write_gse175634, n_cells=n_cells,
-                     n_genes=n_genes, n_donors=n_donors, seed=seed, sctransform=True, signal=signal)
+    _write_or_accept(geo_dir, geo_files, write_gse175634, n_cells=n_cells,
+                     n_genes=n_genes, n_donors=n_donors, seed=seed, sctransform=sctransform, signal=signal)
   if not _complete(visium_dir, _VISIUM_FILES):
     print(f"simulating Visium ({n_spots:,} spots x {n_spot_genes:,} genes) into {visium_dir}",
           file=sys.stderr)

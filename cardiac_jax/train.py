@@ -144,10 +144,14 @@ def track_best(tracker, epoch, val_accuracy):
   return dict(tracker, epoch=epoch, epochs_since_best=tracker["epochs_since_best"] + 1), False
 
 
-def predict(eval_fn, params, sequences, batch_size):
-  """Runs a jitted eval step over all sequences. Returns (normalised metrics, logits [n, classes] as numpy)."""
+def predict(eval_fn, params, sequences, batch_size, steps=None):
+  """Runs a jitted eval step over all sequences, in batches cut to `steps` time steps (see batches.iterate).
+
+  Returns:
+    (normalised metrics, logits [n, classes] as numpy).
+  """
   sums, outputs = {}, []
-  for batch in batching.iterate(sequences, batch_size):
+  for batch in batching.iterate(sequences, batch_size, steps=steps):
     batch_sums, logits = eval_fn(params, batch=batch)
     sums = metrics_lib.add(sums, batch_sums)
     outputs.append(np.asarray(logits)[batch["mask"] > 0])
@@ -312,8 +316,10 @@ def train_and_evaluate(config, workdir):
     logging.info("resuming %s after epoch %d", workdir, tracker["epoch"])
 
   # Compiled once, ahead of time, for the run's one batch shape: a batch of any other shape is an error.
+  # Batches are cut to the longest sequence of the data, so padding no sequence uses is never scanned.
+  steps = batching.used_steps(*data.splits.values())
   compile_start = time.perf_counter()
-  example = next(batching.iterate(data.train, batch_size))
+  example = next(batching.iterate(data.train, batch_size, steps=steps))
   step = (
       jax.jit(functools.partial(train_step, label_smoothing=config.train.label_smoothing), donate_argnums=0)
       .lower(state, example, dropout_rng)
@@ -335,7 +341,7 @@ def train_and_evaluate(config, workdir):
     start = time.perf_counter()
     shuffle = np.random.default_rng([config.seed, 3, epoch])
     batches = tqdm(
-        batching.iterate(data.train, batch_size, shuffle), total=n_batches, desc=f"epoch {epoch}", leave=False, disable=None
+        batching.iterate(data.train, batch_size, shuffle, steps), total=n_batches, desc=f"epoch {epoch}", leave=False, disable=None
     )
     sums = {}
     for batch in batches:
@@ -343,7 +349,7 @@ def train_and_evaluate(config, workdir):
       sums = metrics_lib.add(sums, batch_sums)
     train_metrics = metrics_lib.normalize(sums)
     train_seconds = time.perf_counter() - start
-    val_metrics, _ = predict(eval_fn, state.params, data.val, batch_size)
+    val_metrics, _ = predict(eval_fn, state.params, data.val, batch_size, steps)
     learning_rate = config.train.learning_rate * float(state.plateau.scale)
     state = plateau_step(state, plateau, val_metrics["loss"])
     tracker, improved = track_best(tracker, epoch, val_metrics["accuracy"])
@@ -373,7 +379,7 @@ def train_and_evaluate(config, workdir):
   params, best_meta = restore_best_params(workdir, state.params)
   results = {"best_epoch": best_meta["best_epoch"], "epochs_run": tracker["epoch"], "parameters": n_params}
   for name, sequences in data.splits.items():
-    split_metrics, logits = predict(eval_fn, params, sequences, batch_size)
+    split_metrics, logits = predict(eval_fn, params, sequences, batch_size, steps)
     results[f"{name}_accuracy"] = split_metrics["accuracy"]
     results[f"{name}_loss"] = split_metrics["loss"]
     if name == "test":

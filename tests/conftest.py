@@ -21,7 +21,8 @@ def simulated(cache_dir):
 
 @pytest.fixture()
 def config(cache_dir, simulated):
-  """The tiny config, reading the session's simulated data."""
+  """The tiny config, reading the session's simulated data; every prepare() runs the journey (no reuse)."""
   config = tiny.get_config()
   config.data.cache_dir = str(cache_dir)
+  config.data.reuse_prepared = False
   return config

@@ -1,5 +1,8 @@
 """The whole data journey for a config: counts, leakage by split unit, spatial chains, determinism, h5ad input."""
 
+import os
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -102,4 +105,34 @@ def test_too_few_donors(config, simulated, tmp_path):
   adata.write_h5ad(path)
   config.data.source, config.data.path, config.data.n_spatial = "h5ad", str(path), 0
   with pytest.raises(DataError, match="two_donors.h5ad.*at least 3 donors, found 2"):
+    dataset.prepare(config)
+
+
+def test_prepared_data_are_reused_until_config_or_input_changes(config, tmp_path, monkeypatch):
+  config.data.reuse_prepared = True
+  config.data.cache_dir = str(tmp_path / "cache")
+  config.sim.seed = 7  # this test's own simulated data, so it may touch the files
+  first = dataset.prepare(config)
+  saved = list((tmp_path / "cache" / "prepared").glob("*.npz"))
+  assert len(saved) == 1 and not list((tmp_path / "cache" / "prepared").glob("*.tmp*"))
+
+  def no_reading(*args, **kwargs):
+    raise AssertionError("prepared data should come from the cache")
+
+  monkeypatch.setattr(dataset, "_prepare", no_reading)
+  again = dataset.prepare(config)
+  _assert_same(first, again)
+  assert again.encoding == first.encoding and again.genes == first.genes and again.report == first.report
+  np.testing.assert_array_equal(again.cell_x, first.cell_x)
+  np.testing.assert_array_equal(again.cell_labels, first.cell_labels)
+
+  other = config.copy_and_resolve_references()
+  other.seed = config.seed + 1
+  assert dataset.cache_key(other) != dataset.cache_key(config)
+  key = dataset.cache_key(config)
+  metadata = pathlib.Path(dataset.input_files(config)[0]) / readers.GEO_METADATA
+  metadata.write_bytes(metadata.read_bytes())  # same content, new modification time
+  os.utime(metadata, ns=(metadata.stat().st_atime_ns, metadata.stat().st_mtime_ns + 1))
+  assert dataset.cache_key(config) != key
+  with pytest.raises(AssertionError, match="from the cache"):
     dataset.prepare(config)

@@ -96,6 +96,46 @@ def test_truncated_matrix(geo_copy):
   assert COUNTS in str(error.value)
 
 
+def _write_entries(path, shape, entries, field="integer", declared=None):
+  """A gzipped coordinate MatrixMarket file with the given 1-based (row, col[, value]) lines, in that order."""
+  lines = [f"%%MatrixMarket matrix coordinate {field} general", "% a comment", f"{shape[0]} {shape[1]} {declared or len(entries)}"]
+  lines += [" ".join(str(v) for v in entry) for entry in entries]
+  with gzip.open(path, "wt") as f:
+    f.write("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("chunk_entries", [1, 3, 1000])
+@pytest.mark.parametrize("order", ["by column", "shuffled"])
+def test_chunked_mtx_reader_equals_scipy(tmp_path, chunk_entries, order):
+  rng = np.random.default_rng(0)
+  dense = rng.integers(0, 4, (6, 9)) * (rng.random((6, 9)) < 0.4)
+  cols, rows = np.nonzero(dense.T)  # column order, as writeMM writes
+  entries = [(r + 1, c + 1, int(dense[r, c])) for r, c in zip(rows, cols)]
+  if order == "shuffled":
+    entries = [entries[i] for i in rng.permutation(len(entries))]
+  path = tmp_path / "m.mtx.gz"
+  _write_entries(path, dense.shape, entries)
+  matrix = readers._read_mtx(path, dense.shape, "genes x cells", chunk_entries=chunk_entries)
+  assert matrix.shape == (9, 6) and matrix.dtype == np.float32 and matrix.has_canonical_format
+  np.testing.assert_array_equal(matrix.toarray(), scipy.io.mmread(str(path)).toarray().T)
+
+
+@pytest.mark.parametrize("entries, declared, problem", [
+    ([(1, 1, 2), (7, 1, 1)], None, "outside the 6 x 9 matrix"),
+    ([(1, 1, 2), (2, 10, 1)], None, "outside the 6 x 9 matrix"),
+    ([(1, 1, 2), (2, 2, "nan")], None, "entry 2 has no finite value"),
+    ([(1, 1, 2), (2, 2, 1)], 5, "has 2 entries but its size line declares 5"),
+    ([(1, 1, 2), (2, 2, 1), (3, 3, 1)], 2, "more entries than the 2"),
+    ([(1, 1, 2), (2, "x", 1)], None, "cannot be read"),
+])
+def test_chunked_mtx_reader_bad_entries(tmp_path, entries, declared, problem):
+  path = tmp_path / "m.mtx.gz"
+  _write_entries(path, (6, 9), entries, declared=declared)
+  with pytest.raises(DataError, match=problem) as error:
+    readers._read_mtx(path, (6, 9), "genes x cells", chunk_entries=1)
+  assert "m.mtx.gz" in str(error.value)
+
+
 @pytest.mark.parametrize("column", ["type", "diffday", "individual"])
 def test_missing_metadata_column(geo_copy, column):
   _rewrite_table(geo_copy / META, lambda t: t.drop(columns=[column]))

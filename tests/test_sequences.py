@@ -110,3 +110,28 @@ def test_batches_have_one_shape_and_mask_the_fill():
   assert batches.adaptive_batch_size(1_500) == 16
   assert batches.adaptive_batch_size(5_000) == 32
   assert batches.adaptive_batch_size(20_000) == 64
+
+
+def _padded(lengths, max_len, genes=3, seed=0):
+  rng = np.random.default_rng(seed)
+  lengths = np.asarray(lengths, np.int32)
+  x = sequences.standardize_and_pad(rng.standard_normal((len(lengths), lengths.max(), genes)), lengths, max_len)
+  return sequences.Sequences(
+      x=x, lengths=lengths, labels=np.arange(len(lengths), dtype=np.int32) % 2,
+      cell_ids=np.full((len(lengths), max_len), -1, np.int64), spatial=np.zeros(len(lengths), bool))
+
+
+def test_batches_cut_to_the_used_steps_keep_every_valid_value():
+  padded = _padded([3, 5, 2, 4, 1], max_len=100)
+  steps = batches.used_steps(padded, _padded([2, 1], max_len=100))
+  assert steps == 5
+  full = list(batches.iterate(padded, 4))
+  cut = list(batches.iterate(padded, 4, steps=steps))
+  assert [b["x"].shape for b in cut] == [(4, 5, 3), (4, 5, 3)]
+  for a, b in zip(full, cut):
+    np.testing.assert_array_equal(a["x"][:, :steps], b["x"])
+    assert not a["x"][:, steps:].any()  # only padding was cut
+    for key in ("lengths", "labels", "mask"):
+      np.testing.assert_array_equal(a[key], b[key])
+  with pytest.raises(ValueError, match="cut sequences of length 5"):
+    next(batches.iterate(padded, 4, steps=4))
