@@ -76,3 +76,26 @@ def test_too_many_genes_requested():
   adata = _adata(np.ones((4, 3)), ["d0"] * 4, ["A"] * 4)
   with pytest.raises(DataError, match="n_genes=10 but the data have only 3 genes"):
     preprocess.normalize_and_select(adata, np.arange(4), n_genes=10)
+
+
+def test_detected_in_counts_training_rows_only():
+  rng = np.random.default_rng(0)
+  x = (rng.random((50, 8)) < 0.3) * rng.integers(1, 5, (50, 8))
+  rows = rng.choice(50, 20, replace=False)
+  expected = (x[rows] > 0).sum(0)
+  for block in (1, 7, 1000):
+    np.testing.assert_array_equal(preprocess.detected_in(sp.csr_matrix(x), rows, block=block), expected)
+
+
+def test_rare_genes_are_not_ranked():
+  rng = np.random.default_rng(1)
+  x = rng.poisson(5, size=(100, 30)).astype(np.float32)
+  x[:, :4] = 0
+  x[:2, :4] = 50  # very variable, but seen in 2 cells only
+  adata = _adata(x, ["d0"] * 100, ["A"] * 100)
+  _, genes, _ = preprocess.normalize_and_select(adata.copy(), np.arange(100), n_genes=6, min_cells=3)
+  assert not set(genes) & set(adata.var_names[:4])
+  with pytest.raises(DataError, match="only 26 genes are detected in >= 3 training cells"):
+    preprocess.normalize_and_select(adata.copy(), np.arange(100), n_genes=27, min_cells=3)
+  _, genes, _ = preprocess.normalize_and_select(adata.copy(), np.arange(100), n_genes=27, min_cells=0)
+  assert set(adata.var_names[:4]) & set(genes)  # 27 of 30 genes: without the filter some rare ones are in

@@ -44,6 +44,12 @@ def test_read_geo_round_trip(simulated):
   assert adata.X.dtype == np.float32
 
 
+def test_read_geo_relative_folder(simulated, monkeypatch):
+  monkeypatch.chdir(simulated[0].parent)
+  adata = readers.read_geo(simulated[0].name)
+  assert adata.n_obs == len(pd.read_csv(simulated[0] / META, sep="\t"))
+
+
 def test_read_geo_sctransform(tmp_path):
   from cardiac_jax import simulate
 
