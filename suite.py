@@ -6,7 +6,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cardiac_jax import ConfigError, DataError, quiet_dependency_logs
+from cardiac_jax import ConfigError, DataError, quiet_dependency_logs, use_compilation_cache
 from cardiac_jax import suite
 from configs import default
 
@@ -21,6 +21,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_dependency_logs()
+  use_compilation_cache(FLAGS.config.data.cache_dir)
   try:
     suite.run(
         FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.rows,

@@ -6,7 +6,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cardiac_jax import ConfigError, DataError, quiet_dependency_logs, train_and_evaluate
+from cardiac_jax import ConfigError, DataError, quiet_dependency_logs, train_and_evaluate, use_compilation_cache
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.", lock_config=True)
@@ -19,6 +19,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   quiet_dependency_logs()
+  use_compilation_cache(FLAGS.config.data.cache_dir)
   try:
     workdir = FLAGS.workdir or pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(FLAGS["config"])).stem
     train_and_evaluate(FLAGS.config, workdir)

@@ -11,7 +11,7 @@ from cardiac_jax.readers import read_geo, read_h5ad, read_visium
 from cardiac_jax.report import evaluate
 from cardiac_jax.sequences import LabelEncoding, Sequences
 from cardiac_jax.simulate import write_gse175634, write_visium
-from cardiac_jax.train import quiet_dependency_logs, train_and_evaluate
+from cardiac_jax.train import quiet_dependency_logs, train_and_evaluate, use_compilation_cache
 
 __all__ = [
     "ConfigError",
@@ -28,6 +28,7 @@ __all__ = [
     "read_h5ad",
     "read_visium",
     "train_and_evaluate",
+    "use_compilation_cache",
     "write_gse175634",
     "write_visium",
 ]

@@ -46,6 +46,15 @@ def quiet_dependency_logs():
   logging.get_absl_handler().addFilter(keep)
 
 
+def use_compilation_cache(cache_dir):
+  """Keeps compiled XLA programs in `cache_dir`/xla, so a later run of the same shapes skips most of the compile.
+
+  Set once by the entry points (it is JAX's process-wide setting); compiles under a second are not kept.
+  """
+  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(cache_dir).expanduser() / "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus the reduce-on-plateau state whose `scale` multiplies every update.
 
