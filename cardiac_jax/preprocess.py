@@ -40,7 +40,8 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
     time_order: the time points in order; () = natural sort of the values present.
 
   Returns:
-    (adata, time_points, report): the kept cells (a copy), the ordered time points, and a dict of counts.
+    (adata, time_points, report): the kept cells (a copy if any cell is dropped), the ordered time points, and
+    a dict of counts.
   """
   path = adata.uns.get("source_path", "<AnnData>")
   for role, key in (("time", time_key), ("label", label_key), ("donor", donor_key)):
@@ -108,19 +109,69 @@ def _log_normalize(adata, kind, target_sum):
     sc.pp.log1p(adata)
 
 
+def _row_blocks(x, rows, block):
+  """Yields the CSR row blocks of `x` restricted to `rows`, `block` rows of x at a time (small copies only)."""
+  chosen = np.zeros(x.shape[0], bool)
+  chosen[np.asarray(rows)] = True
+  for lo in range(0, x.shape[0], block):
+    yield x[lo : lo + block][chosen[lo : lo + block]]
+
+
 def detected_in(x, rows, block=20_000):
   """[genes] int64: in how many of `rows` each gene is non-zero, for CSR `x` [cells, genes], `block` rows at a time.
 
   Never copies x: at GSE175634's full size even a boolean copy is gigabytes.
   """
-  chosen = np.zeros(x.shape[0], bool)
-  chosen[np.asarray(rows)] = True
   counts = np.zeros(x.shape[1], np.int64)
-  for lo in range(0, x.shape[0], block):
-    part = x[lo : lo + block]
-    entry_rows = np.repeat(chosen[lo : lo + block], np.diff(part.indptr))
-    counts += np.bincount(part.indices[entry_rows & (part.data != 0)], minlength=x.shape[1])
+  for part in _row_blocks(x, rows, block):
+    counts += np.bincount(part.indices[part.data != 0], minlength=x.shape[1])
   return counts
+
+
+def seurat_v3_ranking(x, rows, genes, n_top, *, span=0.3, block=20_000):
+  """The `n_top` most variable of `genes` among `rows` by Seurat v3's variance-stabilising rule, block by block.
+
+  The rule (Stuart et al. 2019, as scanpy's flavor='seurat_v3' computes it for one batch): fit a loess of
+  log10 variance on log10 mean over the genes; standardise each gene by the fitted deviation, after clipping
+  counts at mean + sqrt(cells) * that deviation; rank by the variance of the clipped standardised counts.
+  Computed from per-gene sums over row blocks of `x`, so no copy of the (gigabytes of) training counts is made.
+
+  Args:
+    x: CSR [cells, all genes] raw counts.
+    rows: [n] int, the cells that inform the choice (training cells).
+    genes: [g] int, the genes to rank (e.g. those detected in enough training cells).
+    n_top: how many genes to return.
+
+  Returns:
+    [n_top] int indices into x's genes, in increasing order.
+  """
+  from skmisc.loess import loess
+
+  genes = np.asarray(genes)
+  n = len(rows)
+  width = x.shape[1]
+  total, squares = np.zeros(width), np.zeros(width)
+  for part in _row_blocks(x, rows, block):
+    values = part.data.astype(np.float64)
+    total += np.bincount(part.indices, weights=values, minlength=width)
+    squares += np.bincount(part.indices, weights=values**2, minlength=width)
+  mean = total[genes] / n
+  var = (squares[genes] - n * mean**2) / (n - 1)
+  varies = var > 0
+  fitted = np.zeros(len(genes))
+  model = loess(np.log10(mean[varies]), np.log10(var[varies]), span=span, degree=2)
+  model.fit()
+  fitted[varies] = model.outputs.fitted_values
+  reg_std = np.sqrt(10**fitted)
+  clip = np.full(width, np.inf)
+  clip[genes] = reg_std * np.sqrt(n) + mean
+  clipped_total, clipped_squares = np.zeros(width), np.zeros(width)
+  for part in _row_blocks(x, rows, block):
+    values = np.minimum(part.data.astype(np.float64), clip[part.indices])
+    clipped_total += np.bincount(part.indices, weights=values, minlength=width)
+    clipped_squares += np.bincount(part.indices, weights=values**2, minlength=width)
+  norm_var = (n * mean**2 + clipped_squares[genes] - 2 * clipped_total[genes] * mean) / ((n - 1) * reg_std**2)
+  return np.sort(genes[np.argsort(-norm_var, kind="stable")[:n_top]])
 
 
 def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", hvg_flavor="seurat_v3", target_sum=1e4,
@@ -152,17 +203,17 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
   on_counts = kind == "counts" and hvg_flavor == "seurat_v3"
   if not on_counts:
     _log_normalize(adata, kind, target_sum)
-  x = adata.X if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
-  ranked = np.flatnonzero(detected_in(x.tocsr(), train_cells) >= min_cells)
+  x = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
+  ranked = np.flatnonzero(detected_in(x, train_cells) >= min_cells)
   if len(ranked) < n_genes:
     raise DataError(path, f"only {len(ranked)} genes are detected in >= {min_cells} training cells; "
                           f"data.n_genes={n_genes} cannot be chosen")
-  train = adata[np.asarray(train_cells)]
-  if len(ranked) < adata.n_vars:
-    train = train[:, ranked]
-  flavor = hvg_flavor if on_counts else "seurat"
-  ranking = sc.pp.highly_variable_genes(train, flavor=flavor, n_top_genes=n_genes, inplace=False)
-  chosen = ranked[np.flatnonzero(ranking["highly_variable"].to_numpy())]
+  if on_counts:
+    chosen = seurat_v3_ranking(x, train_cells, ranked, n_genes)
+  else:
+    ranking = sc.pp.highly_variable_genes(
+        adata[np.asarray(train_cells)][:, ranked], flavor="seurat", n_top_genes=n_genes, inplace=False)
+    chosen = ranked[np.flatnonzero(ranking["highly_variable"].to_numpy())]
   if on_counts:
     _log_normalize(adata, kind, target_sum)
   x = adata.X[:, chosen]

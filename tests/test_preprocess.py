@@ -99,3 +99,17 @@ def test_rare_genes_are_not_ranked():
     preprocess.normalize_and_select(adata.copy(), np.arange(100), n_genes=27, min_cells=3)
   _, genes, _ = preprocess.normalize_and_select(adata.copy(), np.arange(100), n_genes=27, min_cells=0)
   assert set(adata.var_names[:4]) & set(genes)  # 27 of 30 genes: without the filter some rare ones are in
+
+
+@pytest.mark.parametrize("block", [37, 100_000])
+def test_seurat_v3_ranking_equals_scanpy(simulated, block):
+  import scanpy as sc
+
+  from cardiac_jax import readers
+
+  adata = readers.read_geo(simulated[0])
+  rows = np.random.default_rng(0).choice(adata.n_obs, adata.n_obs * 2 // 3, replace=False)
+  genes = np.flatnonzero(preprocess.detected_in(adata.X, rows) >= 3)
+  expected = sc.pp.highly_variable_genes(adata[rows][:, genes], flavor="seurat_v3", n_top_genes=50, inplace=False)
+  expected = genes[np.flatnonzero(expected["highly_variable"].to_numpy())]
+  np.testing.assert_array_equal(preprocess.seurat_v3_ranking(adata.X, rows, genes, 50, block=block), expected)
