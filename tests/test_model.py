@@ -7,6 +7,7 @@ input shapes, since every new shape is an XLA compile.
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,8 +81,10 @@ class ParamCountTest(absltest.TestCase):
     self.assertEqual(count('attention', 'attention_norm'), 263_680)
     self.assertEqual(
         count('head_0', 'head_norm_0', 'head_1', 'head_norm_1', 'classifier'), 41_991)
-    for layer in ('lstm_0', 'lstm_1', 'lstm_2'):
-      self.assertEqual(set(params[layer]), {'forward', 'backward'})
+    for layer, features in (('lstm_0', 128), ('lstm_1', 256), ('lstm_2', 256)):
+      self.assertEqual(
+          jax.tree_util.tree_map(lambda leaf: leaf.shape, params[layer]),
+          {'input_kernel': (2, features, 512), 'recurrent_kernel': (2, 128, 512), 'bias': (2, 512)})
 
 
 class EnhancedCardiacRNNTest(chex.TestCase):
@@ -131,9 +134,10 @@ class EnhancedCardiacRNNTest(chex.TestCase):
     chex.assert_tree_all_finite(logits)
     params, full = variables['params'], self.variables['params']
     self.assertEqual(set(params), set(full) - missing)
-    cells = {'forward', 'backward'} if model.bidirectional else {'forward'}
+    directions = 2 if model.bidirectional else 1
     for layer in range(model.num_layers):
-      self.assertEqual(set(params[f'lstm_{layer}']), cells)
+      for leaf in jax.tree_util.tree_leaves(params[f'lstm_{layer}']):
+        self.assertEqual(leaf.shape[0], directions)
     self.assertLess(model_lib.count_params(params), model_lib.count_params(full))
 
   def test_padded_values_do_not_matter(self):
@@ -197,16 +201,31 @@ class FusedLSTMTest(parameterized.TestCase):
   """The fused LSTM (the default) computes what the nn.RNN reference does, on the same parameters."""
 
   @parameterized.named_parameters(('bidirectional', True), ('unidirectional', False))
-  def test_same_parameters(self, bidirectional):
-    """Same tree, shapes and initial values, so checkpoints and counts do not depend on the impl."""
+  def test_cell_params_are_the_cells_tree(self, bidirectional):
+    """Each direction, rearranged by cell_params, has exactly nn.OptimizedLSTMCell's tree and shapes."""
     x, lengths = _inputs(0, 3, 5, [5, 2, 1])
-    init = lambda impl: model_lib.LSTMLayer(8, bidirectional, impl).init(
-        jax.random.key(0), x, lengths)
-    _assert_trees_close(init('fused'), init('rnn'), atol=0)
-    shapes = lambda impl: jax.eval_shape(
-        lambda: model_lib.EnhancedCardiacRNN(bidirectional=bidirectional, lstm_impl=impl).init(
-            jax.random.key(0), jnp.zeros((2, 7, 200)), jnp.ones(2, jnp.int32), train=False))
-    self.assertEqual(shapes('fused'), shapes('rnn'))
+    params = model_lib.LSTMLayer(8, bidirectional).init(jax.random.key(0), x, lengths)['params']
+    cell = jax.eval_shape(lambda: nn.RNN(nn.OptimizedLSTMCell(8)).init(
+        jax.random.key(0), x, seq_lengths=lengths))['params']['cell']
+    shape_of = lambda tree: jax.tree_util.tree_map(lambda leaf: leaf.shape, tree)
+    for direction in range(2 if bidirectional else 1):
+      tree = model_lib.cell_params(
+          params['input_kernel'], params['recurrent_kernel'], params['bias'], direction)
+      self.assertEqual(shape_of(tree), shape_of(cell))
+
+  def test_initialised_per_gate(self):
+    """Every gate's recurrent kernel is orthogonal on its own (an orthogonal `[32, 128]` stack would
+    not have orthogonal blocks); input kernels have LeCun scale."""
+    x = jnp.zeros((1, 2, 64))
+    params = model_lib.LSTMLayer(32).init(jax.random.key(1), x, jnp.ones(1, jnp.int32))['params']
+    recurrent = params['recurrent_kernel']  # [2, 32, 128]
+    for direction in range(2):
+      for gate in range(4):
+        block = recurrent[direction, :, gate * 32:(gate + 1) * 32]
+        np.testing.assert_allclose(block.T @ block, jnp.eye(32), atol=1e-5)
+    # Truncated normal with variance 1 / fan_in, fan_in = 64 input features.
+    self.assertAlmostEqual(float(jnp.std(params['input_kernel'])), 64 ** -0.5, delta=0.01)
+    np.testing.assert_array_equal(params['bias'], 0.0)
 
   @parameterized.named_parameters(
       ('bidirectional', dict(bidirectional=True), [6, 3, 1, 2, 5]),
@@ -225,7 +244,7 @@ class FusedLSTMTest(parameterized.TestCase):
       one_hot = jax.nn.one_hot(labels, SMALL['num_classes'])
       return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1)), logits
 
-    params = _perturbed(jax.jit(model('rnn').init, static_argnames='train')(
+    params = _perturbed(jax.jit(model('fused').init, static_argnames='train')(
         jax.random.key(13), x, lengths, train=False)['params'], seed=14)
     grad = jax.jit(jax.grad(loss, has_aux=True), static_argnums=1)
     fused_grads, fused_logits = grad(params, 'fused')
