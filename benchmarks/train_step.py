@@ -16,12 +16,20 @@ seed's code did; its packed LSTM skips the padding, its input projection and att
 
 GFLOP/s count the model's work on the 7 valid steps (XLA's cost analysis of the fused 7-step train step,
 per sequence) at each contender's speed, against the machine's fp32 matmul rate (a 2048 x 2048 jnp.dot).
+
+Matmul floor: every dot product in the compiled batch-64 fused step (read from its optimized HLO) is timed
+alone at its own shapes, as an XLA einsum and as a torch.einsum, and the times are summed, taking per shape
+the faster of the two. No train step can take less than that on this machine without changing the
+arithmetic, so PyTorch's step time divided by the floor bounds the JAX / PyTorch ratio any JAX step could reach.
 """
 
 import argparse
+import collections
 import functools
 import os
 import pathlib
+import re
+import string
 import sys
 import time
 
@@ -137,6 +145,68 @@ def matmul_gflops(n=2048, repeats=7):
   return 2 * n**3 / np.median(times) / 1e9
 
 
+def hlo_dots(hlo_text):
+  """Counter of the dot products in an optimized HLO module: (lhs shape, rhs shape, einsum subscripts) -> count."""
+  shapes = {m[1]: tuple(int(d) for d in m[2].split(",") if d)
+            for m in re.finditer(r"%(\S+) = f32\[([\d,]*)\]", hlo_text)}
+  dots = collections.Counter()
+  for line in hlo_text.splitlines():
+    match = re.search(r" dot\(%(\S+), %(\S+)\)", line)
+    if match:
+      lhs, rhs = shapes[match[1]], shapes[match[2]]
+      dims = {key: tuple(int(d) for d in value.split(",") if d)
+              for key, value in re.findall(r"(\w+_dims)=\{([\d,]*)\}", line)}
+      dots[lhs, rhs, dot_subscripts(lhs, rhs, dims)] += 1
+  return dots
+
+
+def dot_subscripts(lhs, rhs, dims):
+  """The einsum subscripts of an HLO dot: batch dims first, then lhs free, then rhs free dims."""
+  letters = iter(string.ascii_lowercase)
+  left, right = [None] * len(lhs), [None] * len(rhs)
+  for kind in ("batch", "contracting"):
+    for i, j in zip(dims.get(f"lhs_{kind}_dims", ()), dims.get(f"rhs_{kind}_dims", ())):
+      left[i] = right[j] = next(letters)
+  out = [left[i] for i in dims.get("lhs_batch_dims", ())]
+  for names in (left, right):
+    for i, name in enumerate(names):
+      if name is None:
+        names[i] = next(letters)
+        out.append(names[i])
+  return f"{''.join(left)},{''.join(right)}->{''.join(out)}"
+
+
+def median_seconds(fn, repeats=9, inner=20):
+  """Median over `repeats` of the mean time of `inner` calls of fn, after one warm-up call."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(inner):
+      out = fn()
+    jax.block_until_ready(out)
+    times.append((time.perf_counter() - start) / inner)
+  return float(np.median(times))
+
+
+def matmul_floor(compiled):
+  """(dot count, GFLOP, seconds XLA, seconds PyTorch, seconds faster-per-shape): the step's dots timed alone."""
+  rng = np.random.default_rng(0)
+  count = flops = xla = pytorch = best = 0.0
+  for (lhs, rhs, subscripts), n in hlo_dots(compiled.as_text()).items():
+    a, b = rng.standard_normal(lhs, np.float32), rng.standard_normal(rhs, np.float32)
+    einsum = jax.jit(functools.partial(jnp.einsum, subscripts))
+    a_jax, b_jax, a_torch, b_torch = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+    t_xla = median_seconds(lambda: einsum(a_jax, b_jax))
+    t_torch = median_seconds(lambda: torch.einsum(subscripts, a_torch, b_torch))
+    left, right = subscripts.split("->")[0].split(",")
+    rhs_free = [size for size, name in zip(rhs, right) if name not in left]
+    flops += n * 2 * np.prod(lhs) * np.prod(rhs_free)
+    count += n
+    xla, pytorch, best = xla + n * t_xla, pytorch + n * t_torch, best + n * min(t_xla, t_torch)
+  return int(count), flops / 1e9, xla, pytorch, best
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--rounds", type=int, default=7, help="timing rounds per setting (the median is reported)")
@@ -168,7 +238,7 @@ def main():
         contenders = {"fused": (trimmed(fused), batches), "untrimmed": (untrimmed, batches),
                       "rnn": (trimmed(rnn), batches), "torch": (pytorch, batches)}
       times = time_alternating(contenders, args.rounds, args.seconds)
-      rows.append(dict(batch=batch_size, steps=steps, times=times, flops=flops,
+      rows.append(dict(batch=batch_size, steps=steps, times=times, flops=flops, compiled=compiled,
                        compile={"fused": fused_compile, "rnn": rnn_compile, "untrimmed": untrimmed_compile}))
       print(f"  batch {batch_size}, {steps} steps: " + ", ".join(
           f"{name} {batch_size / t:.0f} seq/s" for name, t in times.items()), flush=True)
@@ -200,6 +270,16 @@ def main():
           f"{hundred['times']['fused'] / seven['times']['fused']:.2f}x trimmed, "
           f"{hundred['times']['untrimmed'] / seven['times']['fused']:.2f}x untrimmed "
           f"(compiled in {seven['compile']['untrimmed']:.1f} s)")
+  seven = next(r for r in rows if r["batch"] == BATCH_SIZES[-1] and r["steps"] == VALID_STEPS)
+  count, gflop, xla, pytorch, best = matmul_floor(seven["compiled"])
+  step_jax, step_torch = seven["times"]["fused"], seven["times"]["torch"]
+  print()
+  print(f"matmul floor, batch {BATCH_SIZES[-1]} x 7: the fused step's {count} dot products ({gflop:.2f} GFLOP), "
+        f"each timed alone at its shapes: XLA {1e3 * xla:.1f} ms, PyTorch {1e3 * pytorch:.1f} ms, "
+        f"faster of the two per shape {1e3 * best:.1f} ms")
+  print(f"  steps: JAX fused {1e3 * step_jax:.1f} ms ({100 * best / step_jax:.0f}% of it in that floor), "
+        f"PyTorch {1e3 * step_torch:.1f} ms; highest JAX / PyTorch ratio a step could reach: "
+        f"{step_torch / best:.2f} (a step of dot products alone)")
   load = os.getloadavg()[0]
   print(f"load average at the end {load:.1f}")
   if load > threads:

@@ -109,6 +109,23 @@ def _log_normalize(adata, kind, target_sum):
     sc.pp.log1p(adata)
 
 
+def log_normalized_columns(x, columns, target_sum):
+  """`[cells, len(columns)]` float32: `columns` of CSR counts `x` as normalize_total + log1p would give them.
+
+  Each cell is scaled by its total over all genes, so the values equal scanpy's `sc.pp.normalize_total`
+  (target_sum) then `sc.pp.log1p` on the whole matrix, to the bit: the totals of integer counts are exact
+  in float64, and the scaling and log1p are the same float32 operations. Only the chosen columns are
+  scaled, so at GSE175634's full size no second copy of the gigabytes of counts is made.
+  """
+  totals = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel().astype(np.float32)
+  factors = totals / np.float32(target_sum)
+  factors = factors + (factors == 0)  # cells without counts are left as they are, as scanpy does
+  part = x[:, np.asarray(columns)].tocsr()
+  values = part.data.astype(np.float32) / np.repeat(factors, np.diff(part.indptr))
+  part = sp.csr_matrix((np.log1p(values), part.indices, part.indptr), shape=part.shape)
+  return part.toarray()
+
+
 def _row_blocks(x, rows, block):
   """Yields the CSR row blocks of `x` restricted to `rows`, `block` rows of x at a time (small copies only)."""
   chosen = np.zeros(x.shape[0], bool)
@@ -185,7 +202,8 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
   seurat_v3's loess fit singular.
 
   Args:
-    adata: quality-controlled AnnData, X [cells, genes]; modified in place (normalised).
+    adata: quality-controlled AnnData, X [cells, genes]; normalised in place unless genes are ranked on
+      counts (then only the chosen genes are normalised, in a new array).
     train_cells: [n_train] int indices of the cells that may inform the gene choice.
     n_genes: genes to keep (at most the number of genes).
     normalization: one of NORMALIZATIONS.
@@ -215,7 +233,7 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
         adata[np.asarray(train_cells)][:, ranked], flavor="seurat", n_top_genes=n_genes, inplace=False)
     chosen = ranked[np.flatnonzero(ranking["highly_variable"].to_numpy())]
   if on_counts:
-    _log_normalize(adata, kind, target_sum)
+    return log_normalized_columns(x, chosen, target_sum), tuple(adata.var_names[chosen]), kind
   x = adata.X[:, chosen]
   x = x.toarray() if sp.issparse(x) else np.asarray(x)
   return x.astype(np.float32), tuple(adata.var_names[chosen]), kind

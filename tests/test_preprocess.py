@@ -1,9 +1,12 @@
 """Quality control, normalisation detection and gene choice on training cells only."""
 
+import warnings
+
 import anndata
 import numpy as np
 import pandas as pd
 import pytest
+import scanpy as sc
 import scipy.sparse as sp
 
 from cardiac_jax import preprocess
@@ -113,3 +116,20 @@ def test_seurat_v3_ranking_equals_scanpy(simulated, block):
   expected = sc.pp.highly_variable_genes(adata[rows][:, genes], flavor="seurat_v3", n_top_genes=50, inplace=False)
   expected = genes[np.flatnonzero(expected["highly_variable"].to_numpy())]
   np.testing.assert_array_equal(preprocess.seurat_v3_ranking(adata.X, rows, genes, 50, block=block), expected)
+
+
+def test_log_normalized_columns_equal_scanpys_whole_matrix():
+  """Bit for bit what sc.pp.normalize_total + sc.pp.log1p give on all genes, for the chosen columns only."""
+  rng = np.random.default_rng(2)
+  x = rng.poisson(rng.gamma(0.3, 4, size=500), size=(300, 500)).astype(np.float32)
+  x[5] = 0  # a cell without counts is left at zero, as scanpy leaves it
+  columns = np.sort(rng.choice(500, 40, replace=False))
+  adata = anndata.AnnData(sp.csr_matrix(x))
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # scanpy warns about the empty cell
+    sc.pp.normalize_total(adata, target_sum=1e4)
+  sc.pp.log1p(adata)
+  out = preprocess.log_normalized_columns(sp.csr_matrix(x), columns, 1e4)
+  assert out.dtype == np.float32 and out.shape == (300, 40)
+  np.testing.assert_array_equal(out, adata.X[:, columns].toarray())
+  assert np.abs(out).sum() > 0 and not out[5].any()
