@@ -33,6 +33,10 @@ ROWS = {
 }
 
 
+# Model rows are also compared seed by seed with this baseline, the strongest one in every setting measured.
+PAIRED_BASELINE = "mean-expression logistic regression"
+
+
 def _with(config, overrides):
   config = config.copy_and_resolve_references()
   for key, value in overrides.items():
@@ -96,11 +100,11 @@ def run(config, workdir, seeds, rows=tuple(ROWS), scales=None):
         logging.info("suite: %s on %s, seed %d", method, setting_name, seed)
         result = _train_row(_with(base, overrides), workdir / "runs" / f"{row}_seed{seed}")
         runs.append(dict(setting=setting_name, method=method, seed=seed, leakage=leakage, **result))
-  summary = summarize(runs)
+  summary, pairs = summarize(runs), paired(runs)
   elapsed = time.perf_counter() - started
-  output = {"seeds": list(seeds), "wall_seconds": elapsed, "summary": summary, "runs": runs}
+  output = {"seeds": list(seeds), "wall_seconds": elapsed, "summary": summary, "paired": pairs, "runs": runs}
   train.write_atomic(workdir / "results.json", json.dumps(output, indent=2))
-  train.write_atomic(workdir / "results.md", markdown(summary, seeds, elapsed))
+  train.write_atomic(workdir / "results.md", markdown(summary, seeds, elapsed, pairs))
   plot(summary, workdir / "results.png")
   logging.info("suite: %d runs in %.0f s; table in %s", len(runs), elapsed, workdir / "results.md")
   return summary
@@ -123,7 +127,25 @@ def summarize(runs):
   return summary
 
 
-def markdown(summary, seeds, elapsed):
+def paired(runs, baseline=PAIRED_BASELINE):
+  """Each model row against `baseline` seed by seed: the same split and sequences, so their differences pair.
+
+  Returns:
+    one dict per (setting, model method): n seeds, mean and sd of accuracy(model) - accuracy(baseline) over
+    seeds, and in how many seeds the model is ahead.
+  """
+  reference = {(r["setting"], r["seed"]): r["accuracy"] for r in runs if r["method"] == baseline}
+  models = [r for r in runs if r["method"] not in baselines.BASELINES and (r["setting"], r["seed"]) in reference]
+  rows = []
+  for setting, method in dict.fromkeys((r["setting"], r["method"]) for r in models):
+    diff = np.array([r["accuracy"] - reference[setting, r["seed"]]
+                     for r in models if r["setting"] == setting and r["method"] == method])
+    rows.append(dict(setting=setting, method=method, baseline=baseline, n=len(diff), difference_mean=float(diff.mean()),
+                     difference_std=float(diff.std(ddof=1)) if len(diff) > 1 else 0.0, wins=int((diff > 0).sum())))
+  return rows
+
+
+def markdown(summary, seeds, elapsed, pairs=()):
   lines = [
       f"Test accuracy and macro-F1, mean ± sd over seeds {list(seeds)}; suite wall time {elapsed / 60:.1f} min.",
       "",
@@ -135,6 +157,18 @@ def markdown(summary, seeds, elapsed):
         f"| {r['setting']} | {r['method']} | {r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | "
         f"{r['macro_f1_mean']:.4f} ± {r['macro_f1_std']:.4f} | {r['leakage']:,} | {r['n']} |"
     )
+  if pairs:
+    lines += [
+        "",
+        f"Seed by seed against the {PAIRED_BASELINE} (same split and sequences): test accuracy of the row minus",
+        "the baseline's, mean ± sd over seeds, and the seeds where the row is ahead.",
+        "",
+        "| data (scale, split unit) | method | accuracy - baseline | ahead in |",
+        "|---|---|---|---|",
+    ]
+    for r in pairs:
+      lines.append(f"| {r['setting']} | {r['method']} | {r['difference_mean']:+.4f} ± {r['difference_std']:.4f} | "
+                   f"{r['wins']} of {r['n']} seeds |")
   return "\n".join(lines) + "\n"
 
 

@@ -53,6 +53,21 @@ def test_summary_and_table():
   assert "| base, split by donor | model | 0.9000 ± 0.1000 | 0.8000 ± 0.1000 | 0 | 3 |" in table
 
 
+def test_paired_differences_follow_the_seeds():
+  """Differences pair a model run with the baseline of the same setting and seed, not with the mean."""
+  runs = []
+  for seed, (model, base) in enumerate([(0.9, 0.8), (0.7, 0.9), (1.0, 0.7)]):
+    runs.append(dict(setting="base, split by donor", method="model", seed=seed, accuracy=model))
+    runs.append(dict(setting="base, split by donor", method=suite.PAIRED_BASELINE, seed=seed, accuracy=base))
+    runs.append(dict(setting="base, split by cell", method=suite.PAIRED_BASELINE, seed=seed, accuracy=0.0))
+  (row,) = suite.paired(runs)
+  assert (row["setting"], row["method"], row["n"], row["wins"]) == ("base, split by donor", "model", 3, 2)
+  assert row["difference_mean"] == pytest.approx(0.2 / 3)
+  assert row["difference_std"] == pytest.approx(np.std([0.1, -0.2, 0.3], ddof=1))
+  table = suite.markdown([], [0, 1, 2], 60.0, [row])
+  assert "| base, split by donor | model | +0.0667 ± 0.2517 | 2 of 3 seeds |" in table
+
+
 def test_suite_runs_resumes_and_refuses_unknown_rows(config, tmp_path):
   summary = suite.run(config, tmp_path, seeds=[0, 1], rows=["model"])
   methods = [r["method"] for r in summary]
@@ -62,6 +77,7 @@ def test_suite_runs_resumes_and_refuses_unknown_rows(config, tmp_path):
   assert len(written["runs"]) == 2 * 4
   assert (tmp_path / "results.png").read_bytes()[:4] == b"\x89PNG"
   assert "| base, split by donor | model |" in (tmp_path / "results.md").read_text()
+  assert [(p["method"], p["n"]) for p in written["paired"]] == [("model", 2)]
   result_file = tmp_path / "runs" / "model_seed0" / "results.json"
   stamp = result_file.stat().st_mtime_ns
   again = suite.run(config, tmp_path, seeds=[0, 1], rows=["model"])
