@@ -215,8 +215,8 @@ class Checkpoints:
     if epoch is None:
       return state, None
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _saved(state))
-    restored = self.latest.restore(
-        epoch, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    restored = _restore(
+        self.latest, epoch, ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
     )
     return state.replace(**restored["state"]), restored["meta"]
 
@@ -224,6 +224,21 @@ class Checkpoints:
     for manager in (self.best, self.latest):
       manager.wait_until_finished()
       manager.close()
+
+
+def _restore(manager, epoch, args):
+  """manager.restore(epoch), with a checkpoint whose tree or shapes do not fit the target as one ConfigError.
+
+  That happens with a workdir written by an earlier version of cardiac_jax whose parameter layout differed.
+  """
+  try:
+    return manager.restore(epoch, args=args)
+  except ValueError as error:
+    first_line = str(error).strip().splitlines()[0]
+    raise ConfigError(
+        f"{manager.directory}: the checkpoint of epoch {epoch} does not fit this model's parameters (written by "
+        f"another version of cardiac_jax?); train again in a new --workdir. Orbax: {first_line}"
+    ) from error
 
 
 def _saved(state):
@@ -237,10 +252,12 @@ def restore_best_params(workdir, params_like):
   if epoch is None:
     raise ConfigError(f"{workdir}/checkpoints/best: no checkpoint; train first")
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like)
-  restored = manager.restore(
-      epoch, args=ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
-  )
-  manager.close()
+  try:
+    restored = _restore(
+        manager, epoch, ocp.args.Composite(params=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
+    )
+  finally:
+    manager.close()
   return restored["params"], restored["meta"]
 
 

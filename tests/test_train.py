@@ -190,3 +190,23 @@ def test_warm_start_takes_the_best_parameters_of_another_run(runs):
   config.init_from = str(root / "missing")
   with pytest.raises(ConfigError, match="missing/data.json"):
     train.initial_state(config, data)
+
+
+def test_a_checkpoint_of_another_layout_is_one_clear_error(runs):
+  """Parameters saved under another tree (an earlier version's LSTM layout) give a ConfigError naming the folder."""
+  root, *_ = runs
+  data = dataset.prepare(runs[1])
+  state = train.create_train_state(jax.random.key(0), runs[1], len(data.encoding.classes), len(data.genes), 7)
+  best, _ = train.restore_best_params(root / "full", state.params)
+  renamed = dict(best, lstm_0={"forward": best["lstm_0"]["bias"]})
+  with pytest.raises(ConfigError, match=r"checkpoints/best: the checkpoint of epoch \d+ does not fit"):
+    train.restore_best_params(root / "full", renamed)
+  reshaped = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape + (1,)), best)
+  with pytest.raises(ConfigError, match="does not fit this model's parameters"):
+    train.restore_best_params(root / "full", reshaped)
+  latest = train.Checkpoints(root / "full")
+  try:
+    with pytest.raises(ConfigError, match="checkpoints/latest: the checkpoint"):
+      latest.restore_latest(state.replace(params=renamed))
+  finally:
+    latest.close()
