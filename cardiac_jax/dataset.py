@@ -28,6 +28,18 @@ from cardiac_jax.sequences import (
 
 SOURCES = ("simulated", "geo", "h5ad")
 
+# The modules whose code makes a Dataset: a change to any of them makes new prepared-data cache keys.
+_DATA_MODULES = ("dataset", "preprocess", "readers", "sequences", "simulate", "split")
+
+
+def code_digest():
+  """A digest of the source of the data's journey (`_DATA_MODULES`), so code changes never reuse old caches."""
+  folder = pathlib.Path(__file__).parent
+  digest = hashlib.sha256()
+  for name in _DATA_MODULES:
+    digest.update((folder / f"{name}.py").read_bytes())
+  return digest.hexdigest()
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -148,7 +160,8 @@ def input_files(config):
 
 
 def cache_key(config):
-  """A digest of everything a Dataset depends on: the data, split, seed and sim configs and the input files.
+  """A digest of everything a Dataset depends on: the data, split, seed and sim configs, the input files and
+  the code that prepares them (`code_digest`).
 
   Files enter by name, size and modification time, so replacing or editing an input makes a new key.
   """
@@ -163,7 +176,8 @@ def cache_key(config):
     files += [[str(p.absolute()), p.stat().st_size, p.stat().st_mtime_ns] for p in paths]
   settings = {name: config[name].to_dict() for name in ("data", "split", "sim")}
   settings["data"].pop("reuse_prepared", None)
-  text = json.dumps({"settings": settings, "seed": config.seed, "files": files}, sort_keys=True, default=list)
+  text = json.dumps({"settings": settings, "seed": config.seed, "files": files, "code": code_digest()},
+                    sort_keys=True, default=list)
   return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 

@@ -130,6 +130,10 @@ def test_prepared_data_are_reused_until_config_or_input_changes(config, tmp_path
   other.seed = config.seed + 1
   assert dataset.cache_key(other) != dataset.cache_key(config)
   key = dataset.cache_key(config)
+  with monkeypatch.context() as patch:  # as if the preprocessing code had been edited
+    patch.setattr(dataset, "code_digest", lambda: "edited")
+    assert dataset.cache_key(config) != key
+  assert dataset.cache_key(config) == key
   metadata = pathlib.Path(dataset.input_files(config)[0]) / readers.GEO_METADATA
   metadata.write_bytes(metadata.read_bytes())  # same content, new modification time
   os.utime(metadata, ns=(metadata.stat().st_atime_ns, metadata.stat().st_mtime_ns + 1))
