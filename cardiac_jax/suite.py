@@ -116,15 +116,19 @@ def summarize(runs):
   summary = []
   for setting, method in keys:
     group = [r for r in runs if r["setting"] == setting and r["method"] == method]
-    acc = np.array([r["accuracy"] for r in group])
-    f1 = np.array([r["macro_f1"] for r in group])
+    accuracy_mean, accuracy_std = _mean_sd([r["accuracy"] for r in group])
+    macro_f1_mean, macro_f1_std = _mean_sd([r["macro_f1"] for r in group])
     summary.append(dict(
-        setting=setting, method=method, n=len(group),
-        accuracy_mean=float(acc.mean()), accuracy_std=float(acc.std(ddof=1)) if len(group) > 1 else 0.0,
-        macro_f1_mean=float(f1.mean()), macro_f1_std=float(f1.std(ddof=1)) if len(group) > 1 else 0.0,
-        leakage=int(np.mean([r["leakage"] for r in group])),
+        setting=setting, method=method, n=len(group), accuracy_mean=accuracy_mean, accuracy_std=accuracy_std,
+        macro_f1_mean=macro_f1_mean, macro_f1_std=macro_f1_std, leakage=int(np.mean([r["leakage"] for r in group])),
     ))
   return summary
+
+
+def _mean_sd(values):
+  """(mean, sample standard deviation) of values over seeds; the deviation is 0 for a single seed."""
+  values = np.asarray(values, float)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def paired(runs, baseline=PAIRED_BASELINE):
@@ -140,8 +144,9 @@ def paired(runs, baseline=PAIRED_BASELINE):
   for setting, method in dict.fromkeys((r["setting"], r["method"]) for r in models):
     diff = np.array([r["accuracy"] - reference[setting, r["seed"]]
                      for r in models if r["setting"] == setting and r["method"] == method])
-    rows.append(dict(setting=setting, method=method, baseline=baseline, n=len(diff), difference_mean=float(diff.mean()),
-                     difference_std=float(diff.std(ddof=1)) if len(diff) > 1 else 0.0, wins=int((diff > 0).sum())))
+    mean, sd = _mean_sd(diff)
+    rows.append(dict(setting=setting, method=method, baseline=baseline, n=len(diff), difference_mean=mean,
+                     difference_std=sd, wins=int((diff > 0).sum())))
   return rows
 
 
