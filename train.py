@@ -1,12 +1,11 @@
 """Trains the seed's attention-enhanced BiLSTM: python train.py --config=configs/large.py [--workdir=runs/large]"""
 
 import pathlib
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from cardiac_jax import ConfigError, DataError, quiet_dependency_logs, train_and_evaluate, use_compilation_cache
+from cardiac_jax import cli, train_and_evaluate, use_compilation_cache
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Training configuration file.", lock_config=True)
@@ -15,17 +14,11 @@ flags.DEFINE_string(
 )
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  quiet_dependency_logs()
+def main():
   use_compilation_cache(FLAGS.config.data.cache_dir)
-  try:
-    workdir = FLAGS.workdir or pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(FLAGS["config"])).stem
-    train_and_evaluate(FLAGS.config, workdir)
-  except (ConfigError, DataError) as e:
-    sys.exit(f"error: {e}")
+  workdir = FLAGS.workdir or pathlib.Path("runs") / pathlib.Path(config_flags.get_config_filename(FLAGS["config"])).stem
+  train_and_evaluate(FLAGS.config, workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

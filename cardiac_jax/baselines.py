@@ -1,12 +1,19 @@
 """Simple methods on the same genes, split and sequences as the model, so that every number has a reference.
 
+For the seed's type sequences (`BASELINES`):
 - `per_cell_logreg`: a logistic regression on single cells (the approach of CellTypist), trained on the distinct
   cells of the training sequences; a sequence's class probabilities are the mean of its cells'.
 - `mean_expression_logreg`: a logistic regression on each sequence's mean log expression over its cells.
 - `majority`: always the most frequent training class.
-
 Baselines use temporal sequences only: spatial chains have no cells, they are augmentation for the model.
 All return predicted class ids [n_test] for the test sequences.
+
+For per-cell sequences (anchored or cell mode; `CELL_BASELINES`), one prediction per test cell, each fitted on
+every training cell:
+- `cell_logreg`: a logistic regression on each cell's log expression of the model's genes.
+- `anchored_mean_logreg`: a logistic regression on the mean over the steps of each anchored sequence (the
+  model's own input, the same context, without the sequence model).
+CellTypist, the field's per-cell reference, is in cardiac_jax/celltypist_compare.py.
 """
 
 import numpy as np
@@ -62,4 +69,38 @@ BASELINES = {
     "per-cell logistic regression": per_cell_logreg,
     "mean-expression logistic regression": mean_expression_logreg,
     "majority class": majority,
+}
+
+
+def _cells(sequences):
+  """[n] row of each per-cell sequence's labelled cell."""
+  cells = sequences.anchor_cells
+  if (cells < 0).any():
+    raise ValueError("per-cell baselines need per-cell sequences (data.sequence_mode 'anchored' or 'cell')")
+  return cells
+
+
+def cell_logreg(data, seed):
+  """A logistic regression on single training cells, on the model's genes; predicts each test cell."""
+  train = _cells(data.train)
+  model = _classifier(seed).fit(data.cell_x[train], data.cell_labels[train])
+  return model.predict(data.cell_x[_cells(data.test)])
+
+
+def step_means(sequences, n_genes):
+  """[n, n_genes] mean over each sequence's valid steps of its gene channels (the anchor channel left out)."""
+  valid = sequences.mask[..., None]
+  return (sequences.x[..., :n_genes] * valid).sum(1) / valid.sum(1)
+
+
+def anchored_mean_logreg(data, seed):
+  """A logistic regression on the mean of each training anchored sequence's steps; predicts each test cell."""
+  n_genes = len(data.genes)
+  model = _classifier(seed).fit(step_means(data.train, n_genes), data.train.labels)
+  return model.predict(step_means(data.test, n_genes))
+
+
+CELL_BASELINES = {
+    "per-cell logistic regression": cell_logreg,
+    "anchored-mean logistic regression": anchored_mean_logreg,
 }

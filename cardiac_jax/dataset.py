@@ -20,6 +20,8 @@ from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import (
     LabelEncoding,
     Sequences,
+    anchored_sequences,
+    cell_sequences,
     class_centroids,
     pseudo_label_spots,
     spatial_sequences,
@@ -54,6 +56,9 @@ class Dataset:
     cell_x: [cells, genes] float32 log expression of every cell kept by QC (rows are Sequences.cell_ids),
       for per-cell baselines.
     cell_labels: [cells] int32 class ids of those cells.
+    preprocessing: the preprocess.Preprocessing fitted on the training cells.
+    cell_names: [cells] str obs names of those cells; cell_split: [cells] int8 split id (0 train, 1 val, 2 test;
+      all 0 for the seed's sequence split, whose cells are shared).
   """
 
   train: Sequences
@@ -65,6 +70,9 @@ class Dataset:
   report: dict
   cell_x: np.ndarray
   cell_labels: np.ndarray
+  preprocessing: preprocess.Preprocessing
+  cell_names: np.ndarray
+  cell_split: np.ndarray
 
   @property
   def splits(self):
@@ -188,10 +196,11 @@ def _save(dataset, path):
   """Writes a Dataset to one .npz, through a temporary file and a rename: complete or absent."""
   arrays = {f"{split}.{field}": getattr(seqs, field) for split, seqs in dataset.splits.items() for field in _SEQUENCE_FIELDS}
   meta = {"classes": dataset.encoding.classes, "genes": dataset.genes, "time_points": dataset.time_points,
-          "report": dataset.report}
+          "report": dataset.report, "preprocessing": dataset.preprocessing.to_json()}
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, cell_x=dataset.cell_x, cell_labels=dataset.cell_labels, meta=np.array(json.dumps(meta)), **arrays)
+  np.savez(tmp, cell_x=dataset.cell_x, cell_labels=dataset.cell_labels, cell_names=dataset.cell_names,
+           cell_split=dataset.cell_split, meta=np.array(json.dumps(meta)), **arrays)
   os.replace(tmp, path)
 
 
@@ -202,7 +211,8 @@ def _load_saved(path):
     return Dataset(
         *splits, encoding=LabelEncoding(tuple(meta["classes"])), genes=tuple(meta["genes"]),
         time_points=tuple(meta["time_points"]), report=meta["report"], cell_x=saved["cell_x"],
-        cell_labels=saved["cell_labels"],
+        cell_labels=saved["cell_labels"], preprocessing=preprocess.Preprocessing.from_json(meta["preprocessing"]),
+        cell_names=saved["cell_names"], cell_split=saved["cell_split"],
     )
 
 
@@ -228,6 +238,7 @@ def prepare(config):
 def _prepare(config):
   """The data's journey itself: files -> AnnData -> preprocessed -> split -> sequences."""
   data = config.data
+  check_sequence_mode(config)
   adata, visium_path = load(config)
   path = adata.uns["source_path"]
   logging.info(f"read {adata.n_obs:,} cells x {adata.n_vars:,} genes from {path}")
@@ -248,7 +259,7 @@ def _prepare(config):
       labels, donors, unit=unit, fractions=fractions, seed=config.seed, classes=classes, path=path
   )
   train_cells = np.flatnonzero(cell_split == 0)
-  x, genes, kind = preprocess.normalize_and_select(
+  fitted, x = preprocess.fit(
       adata,
       train_cells,
       n_genes=data.n_genes,
@@ -256,23 +267,15 @@ def _prepare(config):
       hvg_flavor=data.hvg_flavor,
       target_sum=data.target_sum,
       min_cells=data.min_cells_per_gene,
+      seed=config.seed,
   )
+  genes, kind = fitted.genes, fitted.kind
   logging.info(f"preprocessed ({kind}): {adata.n_obs:,} cells, {len(genes)} genes chosen on {len(train_cells):,} training cells")
   rng = np.random.default_rng([config.seed, 2])
-  draw = dict(n_classes=len(classes), max_len=data.max_len, rng=rng)
-  if unit == "sequence":
-    pool = temporal_sequences(x, labels, times, np.arange(adata.n_obs), n_per_class=data.n_per_type, **draw)
-    seq_split = splitting.stratified_split(pool.labels, fractions, rng)
-    splitting.check_every_class(pool.labels, seq_split, classes, path, what="sequences")
-    parts = [pool.take(seq_split == s) for s in range(3)]
-  else:
-    sizes = splitting.split_sizes(data.n_per_type, fractions)
-    parts = [
-        temporal_sequences(x, labels, times, np.flatnonzero(cell_split == s), n_per_class=int(sizes[s]), **draw)
-        for s in range(3)
-    ]
+  journey = _Journey(config, x, labels, times, donors, cell_split, fitted, classes, len(time_points), rng, path)
+  parts = SEQUENCE_MODES[data.sequence_mode](journey)
   spatial_report = None
-  if data.n_spatial > 0 and visium_path:
+  if data.n_spatial > 0 and visium_path and data.sequence_mode == "type":
     chains, spatial_report = _spatial(
         config, visium_path, x, labels, train_cells, genes, len(classes), len(time_points), rng
     )
@@ -286,6 +289,7 @@ def _prepare(config):
       "classes": list(classes),
       "time_points": list(time_points),
       "split_unit": unit,
+      "sequence_mode": data.sequence_mode,
       "cells_per_split": {name: int((cell_split == s).sum()) for s, name in enumerate(splitting.SPLITS)}
       if unit != "sequence"
       else {"pool": int(adata.n_obs)},
@@ -298,5 +302,77 @@ def _prepare(config):
       f"cells in more than one split: {report['leakage']['cells_in_more_than_one_split']:,}"
   )
   return Dataset(
-      *parts, encoding=encoding, genes=genes, time_points=time_points, report=report, cell_x=x, cell_labels=labels
+      *parts, encoding=encoding, genes=genes, time_points=time_points, report=report, cell_x=x, cell_labels=labels,
+      preprocessing=fitted, cell_names=adata.obs_names.to_numpy().astype(str), cell_split=cell_split,
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Journey:
+  """What a sequence mode builds its train/val/test sequences from."""
+
+  config: object
+  x: np.ndarray  # [cells, genes] log expression
+  labels: np.ndarray  # [cells] class ids
+  times: np.ndarray  # [cells] time-point indices
+  donors: object  # [cells] donor names, or None
+  cell_split: np.ndarray  # [cells] split ids
+  preprocessing: preprocess.Preprocessing
+  classes: tuple
+  n_times: int
+  rng: np.random.Generator
+  path: str
+
+
+def _type_sequences(j):
+  """The seed's sequences: per class, one random cell per time point; split by sequence (leaky) or per split."""
+  data = j.config.data
+  draw = dict(n_classes=len(j.classes), max_len=data.max_len, rng=j.rng)
+  fractions = tuple(j.config.split.fractions)
+  if j.config.split.unit == "sequence":
+    pool = temporal_sequences(j.x, j.labels, j.times, np.arange(len(j.x)), n_per_class=data.n_per_type, **draw)
+    seq_split = splitting.stratified_split(pool.labels, fractions, j.rng)
+    splitting.check_every_class(pool.labels, seq_split, j.classes, j.path, what="sequences")
+    return [pool.take(seq_split == s) for s in range(3)]
+  sizes = splitting.split_sizes(data.n_per_type, fractions)
+  return [
+      temporal_sequences(j.x, j.labels, j.times, np.flatnonzero(j.cell_split == s), n_per_class=int(sizes[s]), **draw)
+      for s in range(3)
+  ]
+
+
+def check_sequence_mode(config):
+  """Raises ConfigError for an unknown data.sequence_mode, or a per-cell mode with the seed's sequence split."""
+  mode = config.data.sequence_mode
+  if mode not in SEQUENCE_MODES:
+    raise ConfigError(f"data.sequence_mode must be one of {tuple(SEQUENCE_MODES)}, got {mode!r}")
+  if mode != "type" and config.split.unit == "sequence":
+    raise ConfigError(f"data.sequence_mode={mode!r} labels cells: split.unit must be 'cell' or 'donor' "
+                      "(the 'sequence' unit splits the seed's type sequences)")
+  if mode == "anchored" and config.data.context_k < 1:
+    raise ConfigError(f"data.context_k must be at least 1, got {config.data.context_k}")
+
+
+def _per_cell_split(j):
+  return [np.flatnonzero(j.cell_split == s) for s in range(3)]
+
+
+def _cell_sequences(j):
+  """Every cell of a split alone, one step: the no-context ablation."""
+  return [cell_sequences(j.x, cells, j.labels, max_len=j.config.data.max_len) for cells in _per_cell_split(j)]
+
+
+def _anchored_sequences(j):
+  """Every cell of a split as an anchor, with context from its own split (and donor, with data.context_by_donor)."""
+  data = j.config.data
+  embedding = j.preprocessing.embed(j.x)
+  groups = j.donors if data.context_by_donor and j.donors is not None else None
+  return [
+      anchored_sequences(j.x, embedding, j.times, cells, cells, n_times=j.n_times, k=data.context_k,
+                         max_len=data.max_len, labels=j.labels, groups=groups)
+      for cells in _per_cell_split(j)
+  ]
+
+
+# data.sequence_mode -> the function that builds [train, val, test] Sequences from a _Journey.
+SEQUENCE_MODES = {"type": _type_sequences, "anchored": _anchored_sequences, "cell": _cell_sequences}

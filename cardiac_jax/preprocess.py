@@ -1,12 +1,17 @@
-"""AnnData -> preprocessed: quality control, normalisation and the choice of genes.
+"""AnnData -> preprocessed: quality control, normalisation and the choice of genes, as a fit and a transform.
 
-Two steps, split by what they may see. `quality_control` looks at every cell (it only drops unusable ones);
-`normalize_and_select` chooses the highly variable genes on the training cells alone, so that no test cell
-influences which genes the model sees, and returns a dense `[cells, n_genes]` log-expression matrix.
+Split by what each step may see. `quality_control` looks at every cell (it only drops unusable ones);
+`fit` learns from the training cells alone (the highly variable genes, the normalisation kind, each gene's
+mean and spread, and a PCA of the chosen genes that anchored sequences search neighbours in) and returns a
+`Preprocessing`; `Preprocessing.transform` applies that to any AnnData, labelled or not, training data or a
+new time course, and gives the dense `[cells, n_genes]` log-expression matrix the model reads.
 """
 
+import dataclasses
+import json
 import re
 
+import anndata
 import numpy as np
 import pandas as pd
 import scanpy as sc
@@ -101,29 +106,29 @@ def detect_normalization(x):
   return "linear" if values.max() > 30 else "log"
 
 
-def _log_normalize(adata, kind, target_sum):
-  """In place: counts -> per-cell scaling to target_sum then log1p; linear -> log1p; log -> unchanged."""
+def log_columns(x, columns, kind, target_sum, dense=True):
+  """`[cells, len(columns)]` float32 log expression of `columns` of CSR `x` [cells, genes] holding `kind` values.
+
+  counts: each cell scaled to `target_sum` by its total over all genes, then log1p; the values equal scanpy's
+  `sc.pp.normalize_total(target_sum)` then `sc.pp.log1p` on the whole matrix, to the bit (the totals of
+  integer counts are exact in float64, and the scaling and log1p are the same float32 operations), but only
+  the chosen columns are scaled, so at GSE175634's full size no second copy of the counts is made.
+  linear (FPKM/TPM-like): log1p. log: as they are. Dense unless `dense=False` (then CSR).
+  """
+  part = x[:, np.asarray(columns)].tocsr().astype(np.float32)
   if kind == "counts":
-    sc.pp.normalize_total(adata, target_sum=target_sum)
+    totals = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel().astype(np.float32)
+    factors = totals / np.float32(target_sum)
+    factors = factors + (factors == 0)  # cells without counts are left as they are, as scanpy does
+    part.data = part.data / np.repeat(factors, np.diff(part.indptr))
   if kind in ("counts", "linear"):
-    sc.pp.log1p(adata)
+    part.data = np.log1p(part.data)
+  return part.toarray() if dense else part
 
 
 def log_normalized_columns(x, columns, target_sum):
-  """`[cells, len(columns)]` float32: `columns` of CSR counts `x` as normalize_total + log1p would give them.
-
-  Each cell is scaled by its total over all genes, so the values equal scanpy's `sc.pp.normalize_total`
-  (target_sum) then `sc.pp.log1p` on the whole matrix, to the bit: the totals of integer counts are exact
-  in float64, and the scaling and log1p are the same float32 operations. Only the chosen columns are
-  scaled, so at GSE175634's full size no second copy of the gigabytes of counts is made.
-  """
-  totals = np.asarray(x.sum(axis=1, dtype=np.float64)).ravel().astype(np.float32)
-  factors = totals / np.float32(target_sum)
-  factors = factors + (factors == 0)  # cells without counts are left as they are, as scanpy does
-  part = x[:, np.asarray(columns)].tocsr()
-  values = part.data.astype(np.float32) / np.repeat(factors, np.diff(part.indptr))
-  part = sp.csr_matrix((np.log1p(values), part.indices, part.indptr), shape=part.shape)
-  return part.toarray()
+  """`[cells, len(columns)]` float32: `columns` of CSR counts `x` as normalize_total + log1p would give them."""
+  return log_columns(x, columns, "counts", target_sum)
 
 
 def _row_blocks(x, rows, block):
@@ -202,8 +207,7 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
   seurat_v3's loess fit singular.
 
   Args:
-    adata: quality-controlled AnnData, X [cells, genes]; normalised in place unless genes are ranked on
-      counts (then only the chosen genes are normalised, in a new array).
+    adata: quality-controlled AnnData, X [cells, genes] (not changed).
     train_cells: [n_train] int indices of the cells that may inform the gene choice.
     n_genes: genes to keep (at most the number of genes).
     normalization: one of NORMALIZATIONS.
@@ -219,8 +223,6 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
   if n_genes > adata.n_vars:
     raise DataError(path, f"data.n_genes={n_genes} but the data have only {adata.n_vars} genes")
   on_counts = kind == "counts" and hvg_flavor == "seurat_v3"
-  if not on_counts:
-    _log_normalize(adata, kind, target_sum)
   x = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
   ranked = np.flatnonzero(detected_in(x, train_cells) >= min_cells)
   if len(ranked) < n_genes:
@@ -229,11 +231,149 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
   if on_counts:
     chosen = seurat_v3_ranking(x, train_cells, ranked, n_genes)
   else:
-    ranking = sc.pp.highly_variable_genes(
-        adata[np.asarray(train_cells)][:, ranked], flavor="seurat", n_top_genes=n_genes, inplace=False)
+    train_log = anndata.AnnData(log_columns(x[np.asarray(train_cells)], ranked, kind, target_sum, dense=False))
+    ranking = sc.pp.highly_variable_genes(train_log, flavor="seurat", n_top_genes=n_genes, inplace=False)
     chosen = ranked[np.flatnonzero(ranking["highly_variable"].to_numpy())]
-  if on_counts:
-    return log_normalized_columns(x, chosen, target_sum), tuple(adata.var_names[chosen]), kind
-  x = adata.X[:, chosen]
-  x = x.toarray() if sp.issparse(x) else np.asarray(x)
-  return x.astype(np.float32), tuple(adata.var_names[chosen]), kind
+  return log_columns(x, chosen, kind, target_sum), tuple(adata.var_names[chosen]), kind
+
+
+# Principal components of the context space (anchored sequences find neighbours there), and the most training
+# cells the PCA is fitted on (a seeded sample beyond that; the components settle long before).
+N_COMPONENTS = 20
+PCA_MAX_CELLS = 50_000
+# A query may lack at most this share of the model's genes.
+MAX_MISSING_GENES = 0.2
+# Rows of X transformed at a time (bounds memory for backed, on-disk AnnData).
+TRANSFORM_BLOCK = 20_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+  """What is learned from the training cells, to be applied unchanged to any AnnData (`transform`).
+
+  Attributes:
+    genes: the model's input genes, in input order.
+    kind: what the training data's X held ('counts', 'linear' or 'log'; see `detect_normalization`).
+    target_sum: counts are scaled to this total per cell before log1p.
+    mean, scale: [genes] float32 mean and standard deviation of the training cells' log expression; a gene
+      the query lacks is given its training mean.
+    components: [N_COMPONENTS, genes] float32 principal axes of the training cells' standardised log
+      expression: the low-dimensional space where anchored sequences look for neighbours.
+  """
+
+  genes: tuple
+  kind: str
+  target_sum: float
+  mean: np.ndarray
+  scale: np.ndarray
+  components: np.ndarray
+
+  def embed(self, x):
+    """[cells, N_COMPONENTS] float32 coordinates of log expression x [cells, genes] in the context space."""
+    return (np.clip((x - self.mean) / self.scale, -10, 10) @ self.components.T).astype(np.float32)
+
+  def match_genes(self, names, path, max_missing=MAX_MISSING_GENES):
+    """Positions of the model's genes among a query's gene `names` (-1 where absent), and the absent genes.
+
+    Raises DataError naming `path` if more than `max_missing` of the model's genes are absent.
+    """
+    index = {}
+    for i, name in enumerate(np.asarray(names).astype(str)):
+      index.setdefault(name, i)  # a duplicated name: its first column, as scanpy's var_names_make_unique keeps
+    columns = np.array([index.get(g, -1) for g in self.genes], np.int64)
+    missing = [g for g, c in zip(self.genes, columns) if c < 0]
+    if len(missing) > max_missing * len(self.genes):
+      raise DataError(
+          path, f"{len(missing)} of the model's {len(self.genes)} genes are missing (more than "
+                f"{max_missing:.0%}), e.g. {missing[:8]}; are the genes named as in training (symbols, not ids)?")
+    return columns, missing
+
+  def transform_blocks(self, blocks, columns, kind):
+    """Log expression [cells, genes] of a matrix given as CSR row blocks [rows, query genes], X holding `kind`.
+
+    `columns` are the model's genes' positions in the query (-1 where absent: the training mean is used).
+    """
+    present = columns >= 0
+    out = []
+    for block in blocks:
+      x = np.empty((block.shape[0], len(self.genes)), np.float32)
+      x[:, present] = log_columns(block, columns[present], kind, self.target_sum)
+      x[:, ~present] = self.mean[~present]
+      out.append(x)
+    return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
+
+  def transform(self, adata, *, normalization="auto", gene_key=None):
+    """The model's input for any AnnData: [cells, genes] float32 log expression, and a report.
+
+    Args:
+      adata: AnnData [cells, genes] (in memory or backed); X raw counts, FPKM/TPM-like or log values.
+      normalization: 'auto' (detect from X) or the kind X holds (NORMALIZATIONS).
+      gene_key: a var column holding gene names, or None for var_names.
+
+    Returns:
+      (x, report): report has 'normalization' (the kind used) and 'missing_genes' (model genes the data lack).
+    """
+    path = adata.uns.get("source_path", "<AnnData>") if not adata.isbacked else str(adata.filename)
+    names = _gene_names(adata, gene_key, path)
+    columns, missing = self.match_genes(names, path)
+    blocks = (_csr(adata.X[lo : lo + TRANSFORM_BLOCK]) for lo in range(0, adata.n_obs, TRANSFORM_BLOCK))
+    first = _csr(adata.X[:TRANSFORM_BLOCK])
+    kind = check_kind(first, normalization, path)
+    return self.transform_blocks(blocks, columns, kind), {"normalization": kind, "missing_genes": missing}
+
+  def to_json(self):
+    fields = dataclasses.asdict(self)
+    for name in ("mean", "scale", "components"):
+      fields[name] = np.asarray(fields[name]).tolist()
+    return json.dumps(fields)
+
+  @classmethod
+  def from_json(cls, text):
+    fields = json.loads(text)
+    fields["genes"] = tuple(fields["genes"])
+    for name in ("mean", "scale", "components"):
+      fields[name] = np.asarray(fields[name], np.float32)
+    return cls(**fields)
+
+
+def _csr(x):
+  return x.tocsr() if sp.issparse(x) else sp.csr_matrix(np.asarray(x))
+
+
+def _gene_names(adata, gene_key, path):
+  if not gene_key:
+    return adata.var_names.to_numpy()
+  if gene_key not in adata.var.columns:
+    raise DataError(path, f"var has no gene-name column {gene_key!r}; columns are {list(adata.var.columns)}")
+  return adata.var[gene_key].to_numpy()
+
+
+def check_kind(x, normalization, path):
+  """The kind of values X holds: `normalization` if given, else detected from x (a CSR block of X)."""
+  if normalization not in NORMALIZATIONS:
+    raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+  return detect_normalization(x) if normalization == "auto" else normalization
+
+
+def fit(adata, train_cells, *, n_genes, normalization="auto", hvg_flavor="seurat_v3", target_sum=1e4, min_cells=3,
+        seed=0):
+  """Fits the preprocessing on the training cells of a quality-controlled AnnData.
+
+  Returns:
+    (Preprocessing, x): the fit, and x [cells, n_genes] float32, the log expression of every cell of adata
+    (equal to `Preprocessing.transform(adata)`).
+  """
+  x, genes, kind = normalize_and_select(
+      adata, train_cells, n_genes=n_genes, normalization=normalization, hvg_flavor=hvg_flavor,
+      target_sum=target_sum, min_cells=min_cells)
+  train_x = x[np.asarray(train_cells)]
+  if len(train_x) > PCA_MAX_CELLS:
+    train_x = train_x[np.sort(np.random.default_rng([seed, 4]).choice(len(train_x), PCA_MAX_CELLS, replace=False))]
+  mean = train_x.mean(0, dtype=np.float64).astype(np.float32)
+  scale = train_x.std(0, dtype=np.float64).astype(np.float32)
+  scale[scale == 0] = 1
+  standardised = np.clip((train_x - mean) / scale, -10, 10).astype(np.float64)
+  _, _, axes = np.linalg.svd(standardised - standardised.mean(0), full_matrices=False)
+  axes = axes[: min(N_COMPONENTS, len(genes))]
+  axes *= np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]  # a fixed sign per axis
+  return Preprocessing(genes, kind, float(target_sum), mean, scale, axes.astype(np.float32)), x

@@ -142,12 +142,17 @@ def _read_mtx_body(path, rows, cols, nnz, field, chunk_entries):
   return matrix
 
 
-def read_geo(folder, matrix="counts"):
+# The metadata columns training needs (time, donor, label); annotating a new data set needs only the time.
+GEO_REQUIRED = ("diffday", "individual", "type")
+
+
+def read_geo(folder, matrix="counts", required=GEO_REQUIRED):
   """Reads a GSE175634 download into AnnData with X [cells, genes] (CSR float32) and GEO's metadata as obs.
 
   Args:
     folder: the folder holding the GSE175634_* files as GEO names them.
     matrix: 'counts' (raw UMI counts) or 'sctransform' (SCTransform-corrected counts).
+    required: metadata columns that must be present (a time course to annotate needs no label column).
 
   The metadata columns keep their GEO names (`diffday`, `individual`, `type`, ...); `individual` and `sample`
   are strings. Cells are in the order of GSE175634_cell_indices.tsv.gz, which must match the metadata rows.
@@ -159,9 +164,7 @@ def read_geo(folder, matrix="counts"):
   genes = _read_table(genes_file, ["gene_index", "gene_name"])
   cells = _read_table(folder / GEO_CELL_INDICES, ["cell_index", "cell_name"], dtype={"cell_name": str})
   meta_path = folder / GEO_METADATA
-  metadata = _read_table(
-      meta_path, ["diffday", "individual", "type"], dtype={c: str for c in GEO_STRING_COLUMNS}
-  )
+  metadata = _read_table(meta_path, list(required), dtype={c: str for c in GEO_STRING_COLUMNS})
   if len(metadata) != len(cells):
     raise DataError(meta_path, f"has {len(metadata)} rows but {GEO_CELL_INDICES} lists {len(cells)} cells")
   if "cell" in metadata.columns and not np.array_equal(metadata["cell"].to_numpy(), cells["cell_name"].to_numpy()):
@@ -180,16 +183,24 @@ def read_geo(folder, matrix="counts"):
   return adata
 
 
-def read_h5ad(path, *, time_key, label_key, donor_key=""):
-  """Reads a user's .h5ad time course and checks that its obs has the named time, label and donor columns."""
+def read_h5ad(path, *, time_key, label_key="", donor_key="", backed=False):
+  """Reads a user's .h5ad time course and checks that its obs has the named time, label and donor columns.
+
+  '' skips a column (a time course to annotate has no labels). With `backed`, X stays on disk (read-only;
+  slices of rows are read on demand) and is returned as stored.
+  """
   path = _existing(path)
+  if path.is_dir():
+    raise DataError(path, "is a folder, not an .h5ad file")
   try:
-    adata = anndata.read_h5ad(path)
+    adata = anndata.read_h5ad(path, backed="r" if backed else None)
   except (OSError, ValueError, KeyError) as e:
     raise DataError(path, f"cannot be read as .h5ad ({e})") from e
   for role, key in (("time", time_key), ("label", label_key), ("donor", donor_key)):
     if key and key not in adata.obs.columns:
       raise DataError(path, f"obs has no {role} column {key!r}; columns are {list(adata.obs.columns)}")
+  if backed:
+    return adata
   if not sp.issparse(adata.X):
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
   adata.uns["source_path"] = str(path)

@@ -12,13 +12,11 @@ import pathlib
 import shutil
 import tempfile
 
-import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
-from cardiac_jax import batches as batching
-from cardiac_jax import dataset as datasets
+from cardiac_jax import inference
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import train as train_lib
 from cardiac_jax.model import count_params
@@ -60,36 +58,34 @@ def plot_learning_curves(history, path):
 
 
 def evaluate(workdir):
-  """Restores workdir's best model from its saved config and label encoding, and writes workdir/report/.
+  """Restores workdir's best model (`inference.load`) and scores the test split that train.py saved with it.
 
-  The data are prepared again from the saved config (deterministic given its seed); their classes and genes
-  must equal the ones the run saved. Returns the report dict.
+  Nothing is prepared again: the test sequences (and the names of their cells) are in the workdir, and the
+  model is applied to them through the same prediction path as annotation. Writes workdir/report/ and
+  returns the report dict.
   """
-  workdir = pathlib.Path(workdir).expanduser()
-  config = train_lib.load_config(workdir)
-  record = json.loads((workdir / "data.json").read_text())
-  data = datasets.prepare(config)
-  train_lib.check_same_inputs(record, data, workdir / "data.json")
-  classes = record["classes"]
-  state = train_lib.create_train_state(jax.random.key(0), config, len(classes), len(record["genes"]), config.data.max_len)
-  params, meta = train_lib.restore_best_params(workdir, state.params)
-  eval_fn = train_lib.make_eval_step(state.apply_fn, config.train.label_smoothing)
-  _, logits = train_lib.predict(eval_fn, params, data.test, record["batch_size"], batching.used_steps(data.test))
-  report = metrics_lib.classification_report(data.test.labels, logits.argmax(-1), classes)
+  bundle = inference.load(workdir)
+  workdir = bundle.workdir
+  config, record, classes = bundle.config, bundle.record, list(bundle.classes)
+  test, _ = train_lib.load_test_sequences(workdir)
+  logits = inference.predict_logits(bundle, test)
+  report = metrics_lib.classification_report(test.labels, logits.argmax(-1), classes)
   report.update(
-      best_epoch=meta["best_epoch"],
-      best_val_accuracy=meta["best_val_accuracy"],
-      parameters=count_params(params),
+      best_epoch=bundle.checkpoint["best_epoch"],
+      best_val_accuracy=bundle.checkpoint["best_val_accuracy"],
+      parameters=count_params(bundle.params),
       split_unit=config.split.unit,
+      sequence_mode=config.data.sequence_mode,
+      test_unit=train_lib.test_unit(config),
       data_source=config.data.source,
       sequences=record["report"]["sequences"],
       leakage=record["report"]["leakage"],
   )
-  history = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+  history = train_lib.read_metrics(workdir)
   out = workdir / "report"
   staging = pathlib.Path(tempfile.mkdtemp(prefix=".report-", dir=workdir))
   (staging / "report.json").write_text(json.dumps(report, indent=2))
-  np.savez(staging / "test_predictions.npz", logits=logits, labels=data.test.labels, classes=np.asarray(classes))
+  np.savez(staging / "test_predictions.npz", logits=logits, labels=test.labels, classes=np.asarray(classes))
   plot_confusion(
       report["confusion_matrix"], classes, staging / "confusion.png",
       f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",

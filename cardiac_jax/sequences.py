@@ -1,9 +1,17 @@
-"""Split cells -> sequences: the seed's temporal sequences, spatial chains of Visium spots, and label encoding.
+"""Split cells -> sequences: the seed's temporal sequences, per-cell sequences, spatial chains, label encoding.
 
-A temporal sequence of class c takes one random cell of type c at each time point where c has cells (in the
-split's own pool), in time order, so it is 1..n_times steps long. Every sequence is z-scored over its valid
-entries (the seed's per-sequence standardisation) and zero-padded to `max_len`, with its length kept so that
-the model and the mask know where the padding starts.
+Three kinds of sequence (`data.sequence_mode`, chosen by name in dataset.SEQUENCE_MODES):
+
+* type (the seed's): a sequence of class c takes one random cell of type c at each time point where c has
+  cells (in the split's own pool), in time order, so it is 1..n_times steps long. It needs labels to be built.
+* anchored: one sequence per cell (the anchor), built without labels. The anchor sits at its own time point;
+  every other time point of the context pool contributes the mean of the anchor's `k` nearest cells there, in
+  the PCA space of the model's genes fitted on training cells (`Preprocessing.embed`). One more input channel
+  is 1 at the anchor's step and 0 elsewhere, so the model knows which cell it labels.
+* cell: one sequence per cell, the cell alone (one step): the no-context ablation.
+
+Every sequence is z-scored over its valid entries (the seed's per-sequence standardisation) and zero-padded
+to `max_len`, with its length kept so that the model and the mask know where the padding starts.
 """
 
 import dataclasses
@@ -55,8 +63,11 @@ class Sequences:
     x: [n, max_len, genes] float32, z-scored over each sequence's valid steps, zeros after them.
     lengths: [n] int32 valid steps (padding is at the end).
     labels: [n] int32 class ids.
-    cell_ids: [n, max_len] int64 rows of the cells used (-1 at padding and at spatial steps).
+    labels: [n] int32 class ids (-1 where unknown: a query being annotated).
+    cell_ids: [n, max_len] int64 rows of the cells used (-1 at padding and at spatial steps); at an anchored
+      sequence's context steps, the nearest of the cells averaged there.
     spatial: [n] bool, True for chains of Visium spots.
+    anchor: [n] int32 step of the labelled cell in per-cell sequences (anchored, cell), -1 in type sequences.
   """
 
   x: np.ndarray
@@ -64,9 +75,16 @@ class Sequences:
   labels: np.ndarray
   cell_ids: np.ndarray
   spatial: np.ndarray
+  anchor: np.ndarray
 
   def __len__(self):
     return len(self.labels)
+
+  @property
+  def anchor_cells(self):
+    """[n] int64 row of each per-cell sequence's labelled cell (-1 for type sequences)."""
+    rows = np.take_along_axis(self.cell_ids, np.maximum(self.anchor, 0)[:, None].astype(np.int64), 1)[:, 0]
+    return np.where(self.anchor >= 0, rows, -1)
 
   @property
   def mask(self):
@@ -135,9 +153,114 @@ def temporal_sequences(x, labels, times, pool, *, n_per_class, n_classes, max_le
             labels=np.full(n_per_class, c, np.int32),
             cell_ids=padded_ids,
             spatial=np.zeros(n_per_class, bool),
+            anchor=np.full(n_per_class, -1, np.int32),
         )
     )
   return Sequences.concatenate(parts)
+
+
+def cell_sequences(x, cells, labels=None, *, max_len):
+  """One sequence per cell of `cells`, the cell alone: [len(cells), max_len, genes], length 1 (no context).
+
+  Args:
+    x: [cells, genes] log expression; cells: [n] rows of x; labels: [cells] int class ids, or None (-1).
+  """
+  cells = np.asarray(cells, np.int64)
+  n = len(cells)
+  ids = np.full((n, max_len), -1, np.int64)
+  ids[:, 0] = cells
+  return Sequences(
+      x=standardize_and_pad(x[cells][:, None, :], np.ones(n, np.int32), max_len),
+      lengths=np.ones(n, np.int32),
+      labels=_labels_of(labels, cells),
+      cell_ids=ids,
+      spatial=np.zeros(n, bool),
+      anchor=np.zeros(n, np.int32),
+  )
+
+
+def _labels_of(labels, cells):
+  return np.full(len(cells), -1, np.int32) if labels is None else np.asarray(labels, np.int32)[cells]
+
+
+# Anchors whose distances to a context group are computed at once (bounds memory: this x group size floats).
+_KNN_CHUNK = 4096
+
+
+def nearest(query, reference, k):
+  """[len(query), min(k, len(reference))] rows of `reference` nearest to each query row (Euclidean), nearest first.
+
+  Brute force in chunks of query rows: exact and deterministic (ties go to the lower row).
+  """
+  k = min(k, len(reference))
+  ref_sq = (reference.astype(np.float64) ** 2).sum(1)
+  out = np.empty((len(query), k), np.int64)
+  for lo in range(0, len(query), _KNN_CHUNK):
+    q = query[lo : lo + _KNN_CHUNK].astype(np.float64)
+    distance = ref_sq[None, :] - 2 * q @ reference.T.astype(np.float64)  # + |q|^2, the same for a row
+    part = np.argpartition(distance, k - 1, axis=1)[:, :k] if k < len(reference) else np.tile(np.arange(k), (len(q), 1))
+    order = np.lexsort((part, np.take_along_axis(distance, part, 1)), axis=1)
+    out[lo : lo + len(q)] = np.take_along_axis(part, order, 1)
+  return out
+
+
+def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_len, labels=None, groups=None):
+  """One sequence per anchor cell, its context chosen without labels.
+
+  For an anchor at time point t, the sequence has a step for every time point where the anchor's context pool
+  has cells (and for t), in time order: at t the anchor itself, at any other time point the mean expression of
+  the anchor's k nearest pool cells of that time point in `embedding` space. The pool is `pool`, restricted to
+  the anchor's group (e.g. its donor's time course) when `groups` is given. A last input channel is 1 at the
+  anchor's step.
+
+  Args:
+    x: [cells, genes] log expression; embedding: [cells, d] coordinates to find neighbours in.
+    times: [cells] int time-point index of each cell (0..n_times-1).
+    anchors: [n] rows of the cells to label; pool: [m] rows that may serve as context.
+    n_times: number of time points; k: neighbours averaged at a context step; max_len: padded length.
+    labels: [cells] int class ids or None (then -1); groups: [cells] group of each cell, or None.
+
+  Returns:
+    Sequences in the order of `anchors`: x [n, max_len, genes + 1] (z-scored genes, then the anchor channel).
+  """
+  anchors = np.asarray(anchors, np.int64)
+  pool = np.asarray(pool, np.int64)
+  n, genes = len(anchors), x.shape[1]
+  group_of = np.zeros(len(x), np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+  steps = np.zeros((n, n_times, genes), np.float32)
+  ids = np.full((n, n_times), -1, np.int64)
+  present = np.zeros((n, n_times), bool)
+  anchor_time = times[anchors]
+  steps[np.arange(n), anchor_time] = x[anchors]
+  ids[np.arange(n), anchor_time] = anchors
+  present[np.arange(n), anchor_time] = True
+  for g in np.unique(group_of[anchors]):
+    members = np.flatnonzero(group_of[anchors] == g)
+    context = pool[group_of[pool] == g]
+    for t in np.unique(times[context]):
+      reference = context[times[context] == t]
+      need = members[anchor_time[members] != t]
+      if not len(need):
+        continue
+      near = reference[nearest(embedding[anchors[need]], embedding[reference], k)]  # [len(need), k]
+      steps[need, t] = x[near].mean(1)
+      ids[need, t] = near[:, 0]
+      present[need, t] = True
+  # Compress each sequence to the time points it has, in order, padding at the end.
+  order = np.argsort(~present, axis=1, kind="stable")
+  lengths = present.sum(1).astype(np.int32)
+  steps = np.take_along_axis(steps, order[:, :, None], 1)
+  ids = np.where(np.arange(n_times)[None, :] < lengths[:, None], np.take_along_axis(ids, order, 1), -1)
+  anchor_step = (present[np.arange(n)[:, None], np.arange(n_times)[None, :]] & (np.arange(n_times)[None, :] < anchor_time[:, None])).sum(1)
+  padded_ids = np.full((n, max_len), -1, np.int64)
+  padded_ids[:, :n_times] = ids
+  out = np.zeros((n, max_len, genes + 1), np.float32)
+  out[:, :, :genes] = standardize_and_pad(steps, lengths, max_len)
+  out[np.arange(n), anchor_step, genes] = 1.0
+  return Sequences(
+      x=out, lengths=lengths, labels=_labels_of(labels, anchors), cell_ids=padded_ids,
+      spatial=np.zeros(n, bool), anchor=anchor_step.astype(np.int32),
+  )
 
 
 def class_centroids(x, labels, n_classes):
@@ -213,5 +336,6 @@ def spatial_sequences(spot_x, rows, cols, spot_labels, *, n, chain_len, max_len,
       labels=spot_labels[chains[:, 0]].astype(np.int32),
       cell_ids=np.full((n, max_len), -1, np.int64),
       spatial=np.ones(n, bool),
+      anchor=np.full(n, -1, np.int32),
   )
   return sequences, chains

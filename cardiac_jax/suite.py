@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
-from cardiac_jax import baselines, dataset, metrics, train
+from cardiac_jax import baselines, celltypist_compare, dataset, metrics, train
 from cardiac_jax.errors import ConfigError
 
 # Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
@@ -30,19 +30,30 @@ ROWS = {
     "large": (("large", "donor"), "model", {}),
     "split-sequence": (("base", "sequence"), "model", {}),
     "split-cell": (("base", "cell"), "model", {}),
+    # Per-cell annotation (configs/annotate.py is the 'annotate' scale): test metrics per cell.
+    "anchored": (("annotate", "donor"), "model, anchored", {}),
+    "cell-alone": (("annotate", "donor"), "model, each cell alone", {"data.sequence_mode": "cell"}),
 }
 
 
-# Model rows are also compared seed by seed with this baseline, the strongest one in every setting measured.
+# Model rows are also compared seed by seed with a reference: for the seed's type sequences the mean-expression
+# baseline (the strongest one in every setting measured), for per-cell annotation CellTypist.
 PAIRED_BASELINE = "mean-expression logistic regression"
+PAIRED_CELL_BASELINE = "CellTypist (best match)"
+
+
+def _baselines(config):
+  """{name: fn(data, seed) -> test predictions} of the baselines that fit the config's sequence mode."""
+  if config.data.sequence_mode == "type":
+    return baselines.BASELINES
+  methods = dict(baselines.CELL_BASELINES)
+  if config.data.sequence_mode != "anchored":
+    methods.pop("anchored-mean logistic regression")
+  return dict(methods, **celltypist_compare.baselines(config))
 
 
 def _with(config, overrides):
-  config = config.copy_and_resolve_references()
-  for key, value in overrides.items():
-    section, field = key.split(".")
-    config[section][field] = value
-  return config
+  return train.override(config.copy_and_resolve_references(), overrides)
 
 
 def _setting(config, scales, scale, unit, seed):
@@ -79,7 +90,7 @@ def run(config, workdir, seeds, rows=tuple(ROWS), scales=None):
   workdir = pathlib.Path(workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
-  order = ["base", "medium", "large"]
+  order = ["base", "medium", "large", "annotate"]
   settings = sorted({ROWS[r][0] for r in rows}, key=lambda s: (order.index(s[0]), s[1]))
   runs = []
   for seed in seeds:
@@ -88,10 +99,11 @@ def run(config, workdir, seeds, rows=tuple(ROWS), scales=None):
       base = _setting(config, scales, *setting, seed)
       data = dataset.prepare(base)
       leakage = data.report["leakage"]["cells_in_more_than_one_split"]
-      for name, method in baselines.BASELINES.items():
+      for name, method in _baselines(base).items():
+        logging.info("suite: %s on %s, seed %d", name, setting_name, seed)
         predictions = method(data, seed)
         report = metrics.classification_report(data.test.labels, predictions, data.encoding.classes)
-        runs.append(dict(setting=setting_name, method=name, seed=seed, accuracy=report["accuracy"],
+        runs.append(dict(setting=setting_name, method=name, kind="baseline", seed=seed, accuracy=report["accuracy"],
                          macro_f1=report["macro_f1"], leakage=leakage))
       for row in rows:
         row_setting, method, overrides = ROWS[row]
@@ -99,7 +111,7 @@ def run(config, workdir, seeds, rows=tuple(ROWS), scales=None):
           continue
         logging.info("suite: %s on %s, seed %d", method, setting_name, seed)
         result = _train_row(_with(base, overrides), workdir / "runs" / f"{row}_seed{seed}")
-        runs.append(dict(setting=setting_name, method=method, seed=seed, leakage=leakage, **result))
+        runs.append(dict(setting=setting_name, method=method, kind="model", seed=seed, leakage=leakage, **result))
   summary, pairs = summarize(runs), paired(runs)
   elapsed = time.perf_counter() - started
   output = {"seeds": list(seeds), "wall_seconds": elapsed, "summary": summary, "paired": pairs, "runs": runs}
@@ -119,7 +131,7 @@ def summarize(runs):
     accuracy_mean, accuracy_std = _mean_sd([r["accuracy"] for r in group])
     macro_f1_mean, macro_f1_std = _mean_sd([r["macro_f1"] for r in group])
     summary.append(dict(
-        setting=setting, method=method, n=len(group), accuracy_mean=accuracy_mean, accuracy_std=accuracy_std,
+        setting=setting, method=method, kind=group[0].get("kind", "model"), n=len(group), accuracy_mean=accuracy_mean, accuracy_std=accuracy_std,
         macro_f1_mean=macro_f1_mean, macro_f1_std=macro_f1_std, leakage=int(np.mean([r["leakage"] for r in group])),
     ))
   return summary
@@ -131,22 +143,31 @@ def _mean_sd(values):
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def paired(runs, baseline=PAIRED_BASELINE):
-  """Each model row against `baseline` seed by seed: the same split and sequences, so their differences pair.
+def paired(runs):
+  """Each model row against its setting's reference seed by seed: the same split and cells, so differences pair.
+
+  The reference is CellTypist (best match) where the setting has it (per-cell annotation), else the
+  mean-expression logistic regression.
 
   Returns:
-    one dict per (setting, model method): n seeds, mean and sd of accuracy(model) - accuracy(baseline) over
-    seeds, and in how many seeds the model is ahead.
+    one dict per (setting, model method): the baseline, n seeds, mean and sd over seeds of the model's accuracy
+    and macro-F1 minus the baseline's, and in how many seeds the model is ahead on each.
   """
-  reference = {(r["setting"], r["seed"]): r["accuracy"] for r in runs if r["method"] == baseline}
-  models = [r for r in runs if r["method"] not in baselines.BASELINES and (r["setting"], r["seed"]) in reference]
   rows = []
-  for setting, method in dict.fromkeys((r["setting"], r["method"]) for r in models):
-    diff = np.array([r["accuracy"] - reference[setting, r["seed"]]
-                     for r in models if r["setting"] == setting and r["method"] == method])
-    mean, sd = _mean_sd(diff)
-    rows.append(dict(setting=setting, method=method, baseline=baseline, n=len(diff), difference_mean=mean,
-                     difference_std=sd, wins=int((diff > 0).sum())))
+  for setting in dict.fromkeys(r["setting"] for r in runs):
+    in_setting = [r for r in runs if r["setting"] == setting]
+    names = {r["method"] for r in in_setting}
+    baseline = PAIRED_CELL_BASELINE if PAIRED_CELL_BASELINE in names else PAIRED_BASELINE
+    reference = {r["seed"]: r for r in in_setting if r["method"] == baseline}
+    models = [r for r in in_setting if r.get("kind", "model") == "model" and r["seed"] in reference]
+    for method in dict.fromkeys(r["method"] for r in models):
+      row = dict(setting=setting, method=method, baseline=baseline)
+      for metric in ("accuracy", "macro_f1"):
+        diff = np.array([r[metric] - reference[r["seed"]][metric] for r in models if r["method"] == method])
+        mean, sd = _mean_sd(diff)
+        row.update({"n": len(diff), f"{metric}_difference_mean": mean, f"{metric}_difference_std": sd,
+                    f"{metric}_wins": int((diff > 0).sum())})
+      rows.append(row)
   return rows
 
 
@@ -165,15 +186,19 @@ def markdown(summary, seeds, elapsed, pairs=()):
   if pairs:
     lines += [
         "",
-        f"Seed by seed against the {PAIRED_BASELINE} (same split and sequences): test accuracy of the row minus",
-        "the baseline's, mean ± sd over seeds, and the seeds where the row is ahead.",
+        "Seed by seed against a reference (same split, sequences and cells): the row's test accuracy and macro-F1",
+        "minus the reference's, mean ± sd over seeds, and the seeds where the row is ahead.",
         "",
-        "| data (scale, split unit) | method | accuracy - baseline | ahead in |",
-        "|---|---|---|---|",
+        "| data (scale, split unit) | method | reference | accuracy - reference | ahead in | macro-F1 - reference "
+        "| ahead in |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in pairs:
-      lines.append(f"| {r['setting']} | {r['method']} | {r['difference_mean']:+.4f} ± {r['difference_std']:.4f} | "
-                   f"{r['wins']} of {r['n']} seeds |")
+      lines.append(
+          f"| {r['setting']} | {r['method']} | {r['baseline']} | {r['accuracy_difference_mean']:+.4f} ± "
+          f"{r['accuracy_difference_std']:.4f} | {r['accuracy_wins']} of {r['n']} seeds | "
+          f"{r['macro_f1_difference_mean']:+.4f} ± {r['macro_f1_difference_std']:.4f} | "
+          f"{r['macro_f1_wins']} of {r['n']} seeds |")
   return "\n".join(lines) + "\n"
 
 
@@ -181,7 +206,7 @@ def plot(summary, path):
   labels = [f"{r['method']}\n[{r['setting']}]" for r in summary]
   fig, ax = plt.subplots(figsize=(9, 0.45 * len(summary) + 1.5))
   y = np.arange(len(summary))[::-1]
-  colors = ["tab:gray" if r["method"] in baselines.BASELINES else "tab:blue" for r in summary]
+  colors = ["tab:gray" if r["kind"] == "baseline" else "tab:blue" for r in summary]
   ax.barh(y, [r["accuracy_mean"] for r in summary], xerr=[r["accuracy_std"] for r in summary], color=colors, capsize=3)
   ax.set_yticks(y, labels, fontsize=7)
   ax.set_xlabel("test accuracy (mean ± sd over seeds); grey = baselines")

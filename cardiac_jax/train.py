@@ -7,11 +7,14 @@ cross-entropy with label smoothing 0.1, the learning rate halved when the valida
 A workdir holds everything a run writes:
   config.json      the config, so eval.py and a resumed run use the same one
   data.json        label encoding, input genes, time points, split counts and the leakage audit
+  preprocessing.json  the preprocessing fitted on the training cells (preprocess.Preprocessing)
+  test_sequences.npz  the test split's sequences and the names of its cells, for eval.py
   metrics.jsonl    one line per epoch
   checkpoints/     Orbax: best/ (parameters of the best validation accuracy) and latest/ (the full state)
   results.json     final train/val/test accuracy of the best model
 """
 
+import dataclasses
 import functools
 import json
 import logging as std_logging
@@ -34,6 +37,7 @@ from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import EnhancedCardiacRNN, count_params
+from cardiac_jax.sequences import Sequences
 
 
 def quiet_dependency_logs():
@@ -83,10 +87,10 @@ def make_plateau(train_config):
   )
 
 
-def create_train_state(rng, config, num_classes, n_genes, max_len):
-  """A fresh TrainState; parameters are initialised on a [1, max_len, n_genes] dummy batch."""
+def create_train_state(rng, config, num_classes, n_features, max_len):
+  """A fresh TrainState; parameters are initialised on a [1, max_len, n_features] dummy batch."""
   model = create_model(config.model, num_classes)
-  x = jnp.zeros((1, max_len, n_genes), jnp.float32)
+  x = jnp.zeros((1, max_len, n_features), jnp.float32)
   init = jax.jit(functools.partial(model.init, train=False))
   params = init({"params": rng}, x, jnp.ones((1,), jnp.int32))["params"]
   return TrainState.create(
@@ -124,9 +128,14 @@ def train_step(state, batch, rng, *, label_smoothing):
   return new_state, sums
 
 
+def predict_step(params, apply_fn, batch):
+  """Logits [batch, classes] of a batch (x [batch, steps, features], lengths [batch]), without dropout; no labels."""
+  return apply_fn({"params": params}, batch["x"], batch["lengths"], train=False)
+
+
 def eval_step(params, apply_fn, batch, *, label_smoothing):
-  """Metric sums and logits [batch, classes] of a batch, without dropout."""
-  logits = apply_fn({"params": params}, batch["x"], batch["lengths"], train=False)
+  """Metric sums and logits [batch, classes] of a labelled batch: `predict_step`, then the masked sums."""
+  logits = predict_step(params, apply_fn, batch)
   return metrics_lib.batch_sums(logits, batch["labels"], batch["mask"], label_smoothing), logits
 
 
@@ -167,12 +176,29 @@ def predict(eval_fn, params, sequences, batch_size, steps=None):
   return metrics_lib.normalize(sums), np.concatenate(outputs)
 
 
-def write_atomic(path, text):
-  """Writes text to path through a temporary file and a rename, so the file is complete or absent."""
+def write_atomic(path, content):
+  """Writes content (str, bytes, or a function that writes to a path it is given) to path through a temporary
+  file beside it and a rename, so the file is complete or absent; the temporary file never outlives a failure."""
   path = pathlib.Path(path)
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+  tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+  try:
+    if callable(content):
+      content(tmp)
+    elif isinstance(content, bytes):
+      tmp.write_bytes(content)
+    else:
+      tmp.write_text(content)
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def override(config, dotted):
+  """config with the fields of `dotted` ({'section.field': value}, as the scales and the suite give them) set."""
+  for key, value in dotted.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
 
 
 def config_to_json(config):
@@ -267,9 +293,27 @@ def data_record(data, batch_size):
       "classes": list(data.encoding.classes),
       "genes": list(data.genes),
       "time_points": list(data.time_points),
+      "n_features": int(data.train.x.shape[-1]),
       "batch_size": batch_size,
       "report": data.report,
   }
+
+
+def save_test_sequences(path, data):
+  """Writes the test split's Sequences and the obs names of the cells they use to one .npz (atomically)."""
+  test = data.test
+  fields = {f.name: getattr(test, f.name) for f in dataclasses.fields(test)}
+  names = np.where(test.cell_ids >= 0, data.cell_names[np.maximum(test.cell_ids, 0)], "")
+  write_atomic(path, lambda tmp: np.savez(tmp, cell_names=names.astype(str), **fields))
+
+
+def load_test_sequences(workdir):
+  """(Sequences, [n, max_len] cell names) of a workdir's test split, as train.py saved them."""
+  path = pathlib.Path(workdir) / "test_sequences.npz"
+  if not path.exists():
+    raise ConfigError(f"{path}: not found; a workdir of an earlier version of cardiac_jax? train again")
+  with np.load(path) as saved:
+    return Sequences(*(saved[f.name] for f in dataclasses.fields(Sequences))), saved["cell_names"]
 
 
 def check_same_inputs(expected, data, where):
@@ -278,6 +322,9 @@ def check_same_inputs(expected, data, where):
     raise ConfigError(f"{where}: classes {expected['classes']} differ from this data's {list(data.encoding.classes)}")
   if list(data.genes) != expected["genes"]:
     raise ConfigError(f"{where}: the input genes differ from this data's genes")
+  if expected["n_features"] != data.train.x.shape[-1]:
+    raise ConfigError(f"{where}: that model reads {expected['n_features']} input features, these sequences have "
+                      f"{data.train.x.shape[-1]} (another data.sequence_mode?)")
 
 
 def _prepare_workdir(config, workdir):
@@ -302,18 +349,19 @@ def initial_state(config, data):
   The warm start (the seed's progressive scaling: base -> medium -> large) needs the same classes and input
   genes as the run it starts from; the optimizer state starts fresh.
   """
+  from cardiac_jax import inference  # inference reads workdirs that this module writes
+
   init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)
-  state = create_train_state(init_rng, config, len(data.encoding.classes), len(data.genes), config.data.max_len)
+  state = create_train_state(init_rng, config, len(data.encoding.classes), data.train.x.shape[-1], config.data.max_len)
   if not config.init_from:
     return state
   init_dir = pathlib.Path(config.init_from).expanduser()
-  record = init_dir / "data.json"
-  if not record.exists():
-    raise ConfigError(f"{record}: config.init_from must be the workdir of a finished run")
-  check_same_inputs(json.loads(record.read_text()), data, record)
-  params, _ = restore_best_params(init_dir, state.params)
+  if not (init_dir / "data.json").exists():
+    raise ConfigError(f"{init_dir / 'data.json'}: config.init_from must be the workdir of a finished run")
+  bundle = inference.load(init_dir)
+  check_same_inputs(bundle.record, data, init_dir / "data.json")
   logging.info("warm start from the best model of %s", init_dir)
-  return state.replace(params=params)
+  return state.replace(params=bundle.params)
 
 
 def train_and_evaluate(config, workdir):
@@ -332,6 +380,8 @@ def train_and_evaluate(config, workdir):
   batch_size = config.train.batch_size or batching.adaptive_batch_size(len(data.train))
   write_atomic(workdir / "config.json", config_to_json(config))
   write_atomic(workdir / "data.json", json.dumps(data_record(data, batch_size), indent=2))
+  write_atomic(workdir / "preprocessing.json", data.preprocessing.to_json())
+  save_test_sequences(workdir / "test_sequences.npz", data)
   dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
 
   checkpoints = Checkpoints(workdir)
@@ -415,6 +465,8 @@ def train_and_evaluate(config, workdir):
   seconds["total"] = time.perf_counter() - started
   results["seconds"] = seconds
   results["split_unit"] = config.split.unit
+  results["sequence_mode"] = config.data.sequence_mode
+  results["test_unit"] = test_unit(config)
   results["data_source"] = config.data.source
   write_atomic(workdir / "results.json", json.dumps(results, indent=2))
   logging.info(
@@ -429,10 +481,19 @@ def train_and_evaluate(config, workdir):
   return results
 
 
-def _read_history(workdir, up_to_epoch):
-  """metrics.jsonl records of epochs <= up_to_epoch (a resumed run drops epochs it has no checkpoint for)."""
-  path = workdir / "metrics.jsonl"
+def read_metrics(workdir):
+  """The records of a workdir's metrics.jsonl, one per epoch ([] when there is none yet)."""
+  path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.exists():
     return []
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in records if r["epoch"] <= up_to_epoch]
+  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_history(workdir, up_to_epoch):
+  """metrics.jsonl records of epochs <= up_to_epoch (a resumed run drops epochs it has no checkpoint for)."""
+  return [r for r in read_metrics(workdir) if r["epoch"] <= up_to_epoch]
+
+
+def test_unit(config):
+  """What one test example is: a type sequence (the seed's mode) or a cell (per-cell modes)."""
+  return "sequence" if config.data.sequence_mode == "type" else "cell"

@@ -5,6 +5,8 @@ Read `../shared/design/seed-notes.md` for where these readings of the seed come 
 
 import ml_collections
 
+from cardiac_jax.train import override
+
 # GSE175634's seven differentiation days, in order.
 GSE175634_DAYS = ("day0", "day1", "day3", "day5", "day7", "day11", "day15")
 
@@ -18,10 +20,7 @@ SCALES = {
 
 def with_scale(config, scale):
   """config with the numbers of one of the seed's stages (SCALES) set."""
-  for key, value in SCALES[scale].items():
-    section, field = key.split(".")
-    config[section][field] = value
-  return config
+  return override(config, SCALES[scale])
 
 
 def get_config():
@@ -53,6 +52,14 @@ def get_config():
   config.data.min_cells_per_gene = 3
   # HVG flavour for count data; log/linear data use 'seurat' (seurat_v3 needs counts).
   config.data.hvg_flavor = "seurat_v3"
+  # Sequences (cardiac_jax/sequences.py): 'type' (the seed's: one cell of one type per day, built from labels),
+  # 'anchored' (one per cell, the cell among its nearest neighbours at the other days; needs no labels), or
+  # 'cell' (each cell alone: the no-context ablation). Per-cell modes give per-cell test metrics.
+  config.data.sequence_mode = "type"
+  # anchored: neighbours averaged at each context day, found in a PCA space of the model's genes.
+  config.data.context_k = 5
+  # anchored: context from the anchor's own donor (its own time course) when the data name donors.
+  config.data.context_by_donor = True
   # Steps a sequence is padded to: the 7 days; 100 reproduces the seed's padding.
   config.data.max_len = 7
   # Temporal sequences per cell type (all splits together) and spatial sequences (train only): see SCALES.

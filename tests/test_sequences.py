@@ -118,7 +118,8 @@ def _padded(lengths, max_len, genes=3, seed=0):
   x = sequences.standardize_and_pad(rng.standard_normal((len(lengths), lengths.max(), genes)), lengths, max_len)
   return sequences.Sequences(
       x=x, lengths=lengths, labels=np.arange(len(lengths), dtype=np.int32) % 2,
-      cell_ids=np.full((len(lengths), max_len), -1, np.int64), spatial=np.zeros(len(lengths), bool))
+      cell_ids=np.full((len(lengths), max_len), -1, np.int64), spatial=np.zeros(len(lengths), bool),
+      anchor=np.full(len(lengths), -1, np.int32))
 
 
 def test_batches_cut_to_the_used_steps_keep_every_valid_value():

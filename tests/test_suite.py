@@ -57,15 +57,29 @@ def test_paired_differences_follow_the_seeds():
   """Differences pair a model run with the baseline of the same setting and seed, not with the mean."""
   runs = []
   for seed, (model, base) in enumerate([(0.9, 0.8), (0.7, 0.9), (1.0, 0.7)]):
-    runs.append(dict(setting="base, split by donor", method="model", seed=seed, accuracy=model))
-    runs.append(dict(setting="base, split by donor", method=suite.PAIRED_BASELINE, seed=seed, accuracy=base))
-    runs.append(dict(setting="base, split by cell", method=suite.PAIRED_BASELINE, seed=seed, accuracy=0.0))
+    runs.append(dict(setting="base, split by donor", method="model", seed=seed, accuracy=model, macro_f1=model))
+    runs.append(dict(setting="base, split by donor", method=suite.PAIRED_BASELINE, kind="baseline", seed=seed,
+                     accuracy=base, macro_f1=base - 0.3))
+    runs.append(dict(setting="base, split by cell", method=suite.PAIRED_BASELINE, kind="baseline", seed=seed,
+                     accuracy=0.0, macro_f1=0.0))
   (row,) = suite.paired(runs)
-  assert (row["setting"], row["method"], row["n"], row["wins"]) == ("base, split by donor", "model", 3, 2)
-  assert row["difference_mean"] == pytest.approx(0.2 / 3)
-  assert row["difference_std"] == pytest.approx(np.std([0.1, -0.2, 0.3], ddof=1))
+  assert (row["setting"], row["method"], row["n"], row["accuracy_wins"]) == ("base, split by donor", "model", 3, 2)
+  assert row["baseline"] == suite.PAIRED_BASELINE and row["macro_f1_wins"] == 3
+  assert row["accuracy_difference_mean"] == pytest.approx(0.2 / 3)
+  assert row["accuracy_difference_std"] == pytest.approx(np.std([0.1, -0.2, 0.3], ddof=1))
+  assert row["macro_f1_difference_mean"] == pytest.approx(0.2 / 3 + 0.3)
   table = suite.markdown([], [0, 1, 2], 60.0, [row])
-  assert "| base, split by donor | model | +0.0667 ± 0.2517 | 2 of 3 seeds |" in table
+  assert (f"| base, split by donor | model | {suite.PAIRED_BASELINE} | +0.0667 ± 0.2517 | 2 of 3 seeds | "
+          "+0.3667 ± 0.2517 | 3 of 3 seeds |") in table
+
+
+def test_per_cell_settings_pair_with_celltypist():
+  runs = [dict(setting="annotate, split by donor", method=m, kind=k, seed=0, accuracy=a, macro_f1=a)
+          for m, k, a in [("model, anchored", "model", 0.9), (suite.PAIRED_CELL_BASELINE, "baseline", 0.8),
+                          (suite.PAIRED_BASELINE, "baseline", 0.1), ("per-cell logistic regression", "baseline", 0.5)]]
+  (row,) = suite.paired(runs)
+  assert row["baseline"] == suite.PAIRED_CELL_BASELINE
+  assert row["accuracy_difference_mean"] == pytest.approx(0.1)
 
 
 def test_suite_runs_resumes_and_refuses_unknown_rows(config, tmp_path):

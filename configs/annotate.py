@@ -1,0 +1,22 @@
+"""The recommended annotation model: anchored per-cell sequences (each cell among its nearest neighbours at the
+other days of its own donor's time course), split by donor; test metrics are per cell.
+
+Train it, then label any time course with annotate.py:
+  python train.py --config=configs/annotate.py
+  python annotate.py --workdir=runs/annotate --input=query.h5ad --output=annotated.h5ad
+"""
+
+from configs import default
+
+# The settings that make configs/default.py's model an annotation model (the suite's 'annotate' scale).
+ANNOTATE = {
+    "data.sequence_mode": "anchored",
+    "data.context_k": 5,
+    "data.n_spatial": 0,
+    "train.num_epochs": 30,
+    "train.learning_rate": 0.001,
+}
+
+
+def get_config():
+  return default.override(default.get_config(), ANNOTATE)
