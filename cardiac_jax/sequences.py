@@ -183,8 +183,8 @@ def _labels_of(labels, cells):
   return np.full(len(cells), -1, np.int32) if labels is None else np.asarray(labels, np.int32)[cells]
 
 
-# Anchors whose distances to a context group are computed at once (bounds memory: this x group size floats).
-_KNN_CHUNK = 4096
+# Distances computed at once when searching neighbours (float64: 160 MB), whatever the size of the pool.
+_KNN_BLOCK = 20_000_000
 
 
 def nearest(query, reference, k):
@@ -195,8 +195,9 @@ def nearest(query, reference, k):
   k = min(k, len(reference))
   ref_sq = (reference.astype(np.float64) ** 2).sum(1)
   out = np.empty((len(query), k), np.int64)
-  for lo in range(0, len(query), _KNN_CHUNK):
-    q = query[lo : lo + _KNN_CHUNK].astype(np.float64)
+  chunk = max(1, _KNN_BLOCK // max(len(reference), 1))
+  for lo in range(0, len(query), chunk):
+    q = query[lo : lo + chunk].astype(np.float64)
     distance = ref_sq[None, :] - 2 * q @ reference.T.astype(np.float64)  # + |q|^2, the same for a row
     part = np.argpartition(distance, k - 1, axis=1)[:, :k] if k < len(reference) else np.tile(np.arange(k), (len(q), 1))
     order = np.lexsort((part, np.take_along_axis(distance, part, 1)), axis=1)
