@@ -6,6 +6,12 @@ import numpy as np
 import optax
 
 
+def example_losses(logits, labels, label_smoothing=0.0):
+  """[batch] cross-entropy of each example against its label-smoothed one-hot target."""
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
 def batch_sums(logits, labels, mask, label_smoothing=0.0):
   """Loss and accuracy of one batch as sums over its real examples, so a masked last batch weighs right.
 
@@ -16,9 +22,7 @@ def batch_sums(logits, labels, mask, label_smoothing=0.0):
   Returns:
     {'loss': sum of per-example losses, 'correct': number right, 'count': number of real examples}.
   """
-  num_classes = logits.shape[-1]
-  targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), label_smoothing)
-  losses = optax.softmax_cross_entropy(logits, targets)
+  losses = example_losses(logits, labels, label_smoothing)
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
   return {"loss": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
 

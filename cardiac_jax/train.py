@@ -101,13 +101,15 @@ def create_train_state(rng, config, num_classes, n_features, max_len):
   )
 
 
-def train_step(state, batch, rng, *, label_smoothing):
+def train_step(state, batch, rng, *, label_smoothing, class_weights=None):
   """One optimisation step on a batch; dropout keys are `fold_in(rng, state.step)`.
 
   Args:
     state: TrainState.
     batch: x [batch, steps, genes], lengths [batch], labels [batch], mask [batch] (0 for fill examples).
     rng: the run's dropout key.
+    class_weights: None (every example weighs the same: the seed's loss) or [classes] weight of each class in
+      the loss (`balanced_class_weights`); the metric sums stay unweighted.
 
   Returns:
     (new state, metric sums of the batch as metrics.batch_sums gives them).
@@ -119,13 +121,35 @@ def train_step(state, batch, rng, *, label_smoothing):
         {"params": params}, batch["x"], batch["lengths"], train=True, rngs={"dropout": dropout_rng}
     )
     sums = metrics_lib.batch_sums(logits, batch["labels"], batch["mask"], label_smoothing)
-    return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
+    if class_weights is None:
+      return sums["loss"] / jnp.maximum(sums["count"], 1.0), sums
+    weights = class_weights[batch["labels"]] * batch["mask"]
+    losses = metrics_lib.example_losses(logits, batch["labels"], label_smoothing)
+    return jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-6), sums
 
   grads, sums = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
   updates = jax.tree.map(lambda u: u * state.plateau.scale, updates)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state)
   return new_state, sums
+
+
+CLASS_WEIGHTINGS = ("none", "balanced")
+
+
+def balanced_class_weights(labels, n_classes):
+  """[classes] float32 n / (classes * n_c) for training labels [n]: every class weighs the same in the loss."""
+  counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+  return (len(labels) / (n_classes * np.maximum(counts, 1))).astype(np.float32)
+
+
+def class_weights_for(train_config, labels, n_classes):
+  """The class weights train_step gets for train.class_weighting: None ('none') or balanced weights."""
+  if train_config.class_weighting not in CLASS_WEIGHTINGS:
+    raise ConfigError(f"train.class_weighting must be one of {CLASS_WEIGHTINGS}, got {train_config.class_weighting!r}")
+  if train_config.class_weighting == "none":
+    return None
+  return jnp.asarray(balanced_class_weights(labels, n_classes))
 
 
 def predict_step(params, apply_fn, batch):
@@ -397,7 +421,9 @@ def train_and_evaluate(config, workdir):
   compile_start = time.perf_counter()
   example = next(batching.iterate(data.train, batch_size, steps=steps))
   step = (
-      jax.jit(functools.partial(train_step, label_smoothing=config.train.label_smoothing), donate_argnums=0)
+      jax.jit(functools.partial(train_step, label_smoothing=config.train.label_smoothing,
+                                class_weights=class_weights_for(config.train, data.train.labels, len(data.encoding.classes))),
+              donate_argnums=0)
       .lower(state, example, dropout_rng)
       .compile()
   )

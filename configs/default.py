@@ -112,6 +112,8 @@ def get_config():
   config.train.adam_eps = 1e-8
   config.train.clip_norm = 1.0
   config.train.label_smoothing = 0.1
+  # 'none' (the seed's loss) or 'balanced' (each class weighs the same: rare types count as much as common).
+  config.train.class_weighting = "none"
   # 0 = adaptive to the training-set size (16..64), see cardiac_jax.batches.adaptive_batch_size.
   config.train.batch_size = 0
   # ReduceLROnPlateau on validation loss, in PyTorch's meaning (patience 3 = optax patience 4).

@@ -212,3 +212,29 @@ def test_a_checkpoint_of_another_layout_is_one_clear_error(runs):
       latest.restore_latest(state.replace(params=renamed))
   finally:
     latest.close()
+
+
+def test_balanced_class_weights_make_every_class_weigh_the_same():
+  labels = np.array([0, 1, 1, 1, 2, 2])
+  weights = train.balanced_class_weights(labels, 4)
+  per_class = np.bincount(labels, weights=weights[labels], minlength=4)
+  np.testing.assert_allclose(per_class[:3], per_class[0])  # each present class adds up to the same weight
+  weights = train.balanced_class_weights(labels, 3)
+  assert weights[labels].sum() == pytest.approx(len(labels))  # the mean weight of an example stays 1
+
+
+def test_class_weights_steer_the_step():
+  """Weights of one change nothing; a weight of zero takes that class's examples out of the update."""
+  state, _ = _state(dropout=0.0)
+  batch = _batch()
+  sgd = optax.sgd(1.0)
+  state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
+  plain, _ = train.train_step(state, batch, jax.random.key(1), label_smoothing=0.1)
+  ones, _ = train.train_step(state, batch, jax.random.key(1), label_smoothing=0.1, class_weights=jnp.ones(3))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain.params, ones.params)
+  keep = batch["labels"] != 2
+  without = {k: v[keep] for k, v in batch.items()}
+  dropped, _ = train.train_step(state, without, jax.random.key(1), label_smoothing=0.1)
+  zeroed, _ = train.train_step(state, batch, jax.random.key(1), label_smoothing=0.1,
+                               class_weights=jnp.array([1.0, 1.0, 0.0]))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), dropped.params, zeroed.params)

@@ -1,0 +1,188 @@
+"""Annotation: a trained workdir labels a new, unlabelled time course (AnnData in, AnnData out)."""
+
+import hashlib
+import pathlib
+import subprocess
+import sys
+
+import anndata
+import numpy as np
+import pandas as pd
+import pytest
+
+from cardiac_jax import dataset, inference, readers, train
+from cardiac_jax.errors import ConfigError, DataError
+from configs import tiny
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, cache_dir, simulated):
+  """A tiny anchored run, its Dataset, and a query h5ad of its test cells without labels."""
+  root = tmp_path_factory.mktemp("annotate")
+  config = tiny.get_config()
+  config.data.cache_dir = str(cache_dir)
+  config.data.sequence_mode = "anchored"
+  config.train.num_epochs = 4
+  train.train_and_evaluate(config, root / "run")
+  data = dataset.prepare(config)
+  adata = readers.read_geo(simulated[0])
+  test_names = data.cell_names[data.test.anchor_cells]
+  query = adata[test_names].copy()
+  del query.obs["type"]
+  del query.uns["source_path"]
+  query.write_h5ad(root / "query.h5ad")
+  return root, config, data, query
+
+
+def _sha(path):
+  return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()
+
+
+def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
+  """The query is the held-out donors' cells: context comes from the query as it came from the test split."""
+  root, _, data, _ = run
+  bundle = inference.load(root / "run")
+  test, names = train.load_test_sequences(root / "run")
+  expected = inference.softmax(inference.predict_logits(bundle, test))
+  before = _sha(root / "query.h5ad")
+  result, _ = inference.annotate_file(root / "run", root / "query.h5ad", root / "out.h5ad", progress=False)
+  assert _sha(root / "query.h5ad") == before  # the input is never modified
+  out = anndata.read_h5ad(root / "out.h5ad")
+  np.testing.assert_allclose(out.obsm[inference.PROBABILITIES_KEY], expected, atol=1e-5)
+  np.testing.assert_array_equal(out.obs_names, names[np.arange(len(names)), test.anchor])
+  best = np.asarray(bundle.classes)[expected.argmax(1)]
+  confident = expected.max(1) >= 0.5
+  labels = out.obs[inference.LABEL_KEY].astype(str).to_numpy()
+  np.testing.assert_array_equal(labels[confident], best[confident])
+  assert (labels[~confident] == inference.UNASSIGNED).all()
+  np.testing.assert_allclose(out.obs[inference.CONFIDENCE_KEY], expected.max(1), atol=1e-5)
+  info = out.uns["cardiac_jax"]
+  assert list(info["classes"]) == list(bundle.classes) and list(info["time_points"]) == list(bundle.time_points)
+  assert len(info["genes_used"]) == len(bundle.preprocessing.genes) and len(info["genes_missing"]) == 0
+  query = anndata.read_h5ad(root / "query.h5ad")
+  assert (out.X != query.X).nnz == 0  # the copy keeps the data as they were
+  assert list(result.info["classes"]) == list(bundle.classes)
+
+
+def test_shuffled_genes_and_cells_give_the_same_labels(run):
+  root, _, _, query = run
+  bundle = inference.load(root / "run")
+  first, _ = inference.annotate(bundle, query, progress=False)
+  rng = np.random.default_rng(0)
+  cells, genes = rng.permutation(query.n_obs), rng.permutation(query.n_vars)
+  shuffled, _ = inference.annotate(bundle, query[cells][:, genes].copy(), progress=False)
+  np.testing.assert_allclose(shuffled.obsm[inference.PROBABILITIES_KEY],
+                             first.obsm[inference.PROBABILITIES_KEY][cells], atol=1e-5)
+  assert "cardiac_jax_label" not in query.obs  # annotate returns a copy
+
+
+def test_a_query_with_some_time_points_and_missing_genes_works(run):
+  root, _, _, query = run
+  bundle = inference.load(root / "run")
+  days = bundle.time_points[2:5]
+  part = query[query.obs["diffday"].isin(days).to_numpy()]
+  dropped = list(bundle.preprocessing.genes[:3])
+  part = part[:, ~part.var_names.isin(dropped)].copy()
+  out, result = inference.annotate(bundle, part, progress=False)
+  assert out.n_obs == part.n_obs and set(result.info["time_points_in_query"]) == set(days)
+  assert result.info["genes_missing"] == dropped
+  np.testing.assert_allclose(out.obsm[inference.PROBABILITIES_KEY].sum(1), 1, atol=1e-5)
+
+
+def test_the_confidence_threshold():
+  probabilities = np.array([[0.6, 0.3, 0.1], [0.4, 0.35, 0.25], [0.2, 0.2, 0.6]], np.float32)
+  labels, confidence = inference.labels_from(probabilities, ("a", "b", "c"), 0.5)
+  assert labels.tolist() == ["a", inference.UNASSIGNED, "c"]
+  np.testing.assert_allclose(confidence, [0.6, 0.4, 0.6])
+  labels, _ = inference.labels_from(probabilities, ("a", "b", "c"), 0.0)
+  assert inference.UNASSIGNED not in labels.tolist()
+
+
+def _annotate_cli(root, query, output, *flags):
+  return subprocess.run(
+      [sys.executable, "annotate.py", f"--workdir={root / 'run'}", f"--input={query}", f"--output={output}", *flags],
+      cwd=REPO, capture_output=True, text=True)
+
+
+def test_the_command_writes_an_annotated_copy_and_a_summary(run, tmp_path):
+  root, *_ = run
+  result = _annotate_cli(root, root / "query.h5ad", tmp_path / "out.h5ad", "--min_confidence=1.0")
+  assert result.returncode == 0, result.stderr
+  assert "annotated" in result.stderr and "Unassigned" in result.stderr
+  out = anndata.read_h5ad(tmp_path / "out.h5ad")
+  assert (out.obs[inference.LABEL_KEY] == inference.UNASSIGNED).all()  # no probability reaches 1
+
+
+def _broken(query, tmp_path, change):
+  broken = query.copy()
+  change(broken)
+  path = tmp_path / "broken.h5ad"
+  broken.write_h5ad(path)
+  return path
+
+
+def _set_obs(column, values):
+  def change(adata):
+    adata.obs[column] = values(adata)
+  return change
+
+
+@pytest.mark.parametrize("case, change, expected", [
+    ("no time column", lambda a: a.obs.drop(columns="diffday", inplace=True), "no time column 'diffday'"),
+    ("unknown time", _set_obs("diffday", lambda a: ["day99"] * a.n_obs), "['day99'] in column 'diffday'"),
+    ("missing time", _set_obs("diffday", lambda a: [None] + a.obs["diffday"].tolist()[1:]), "no value in the time"),
+    ("genes renamed", lambda a: setattr(a, "var_names", [f"g{i}" for i in range(a.n_vars)]), "genes are missing"),
+])
+def test_bad_queries_are_one_clear_error_and_write_nothing(run, tmp_path, case, change, expected):
+  root, _, _, query = run
+  path = _broken(query, tmp_path, change)
+  before = _sha(path)
+  with pytest.raises(DataError, match=expected.replace("[", r"\[").replace("]", r"\]")) as error:
+    inference.annotate_file(root / "run", path, tmp_path / "out.h5ad", progress=False)
+  assert str(error.value).startswith(str(path))
+  assert _sha(path) == before
+  assert [p.name for p in tmp_path.iterdir()] == ["broken.h5ad"]  # no output, no temporary file left behind
+
+
+def test_the_command_says_what_is_wrong_in_one_line(run, tmp_path):
+  root, _, _, query = run
+  path = _broken(query, tmp_path, lambda a: a.obs.drop(columns="diffday", inplace=True))
+  result = _annotate_cli(root, path, tmp_path / "out.h5ad")
+  assert result.returncode == 1
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: {path}: obs has no time column 'diffday'"), last
+  assert "Traceback" not in result.stderr
+  assert not (tmp_path / "out.h5ad").exists()
+
+
+def test_refusals(run, tmp_path):
+  root, config, _, query = run
+  with pytest.raises(ConfigError, match="would overwrite the input"):
+    inference.annotate_file(root / "run", root / "query.h5ad", root / "query.h5ad")
+  config = config.copy_and_resolve_references()
+  config.data.sequence_mode = "type"
+  config.train.num_epochs = 1
+  train.train_and_evaluate(config, tmp_path / "type")
+  with pytest.raises(ConfigError, match="type sequences"):
+    inference.annotate(inference.load(tmp_path / "type"), query)
+  with pytest.raises(ConfigError, match="no such workdir"):
+    inference.load(tmp_path / "absent")
+  with pytest.raises(DataError, match="no donor column 'batch'"):
+    inference.annotate(inference.load(root / "run"), query, donor_key="batch")
+
+
+def test_a_geo_folder_without_labels_is_annotated(run, simulated, tmp_path):
+  root, *_ = run
+  geo = tmp_path / "geo"
+  geo.mkdir()
+  for source in pathlib.Path(simulated[0]).iterdir():
+    (geo / source.name).symlink_to(source)
+  meta = geo / readers.GEO_METADATA
+  table = pd.read_csv(meta, sep="\t", dtype=str)
+  meta.unlink()
+  table.drop(columns="type").to_csv(meta, sep="\t", index=False)
+  result, _ = inference.annotate_file(root / "run", geo, tmp_path / "out.h5ad", progress=False)
+  out = anndata.read_h5ad(tmp_path / "out.h5ad")
+  assert out.n_obs == len(result.labels) and inference.LABEL_KEY in out.obs
