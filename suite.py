@@ -1,17 +1,21 @@
 """Runs the honest-numbers suite (model, ablations, scales, split units, baselines; several seeds):
-python suite.py --config=configs/base.py --workdir=runs/suite --seeds=0,1,2"""
+python suite.py --config=configs/base.py --workdir=runs/suite --seeds=0,1,2
+and the per-cell annotation comparison with CellTypist:
+python suite.py --workdir=runs/annotation --rows=anchored,anchored-unweighted,cell-alone"""
 
 from absl import flags
 from ml_collections import config_flags
 
 from cardiac_jax import cli, suite, use_compilation_cache
-from configs import default
+from configs import annotate, default
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/base.py", "Base configuration of every run.", lock_config=True)
 flags.DEFINE_string("workdir", "runs/suite", "Folder for every run and the results (an interrupted suite resumes).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each changes the split, the sequences and the initialisation.")
-flags.DEFINE_list("rows", list(suite.ROWS), "Model rows to run (baselines run for every data setting used).")
+flags.DEFINE_list("rows", list(suite.SEED_ROWS), "Model rows to run (baselines run for every data setting used): "
+                  f"the seed's task {list(suite.SEED_ROWS)} by default, per-cell annotation "
+                  f"{list(suite.ANNOTATION_ROWS)} (CellTypist rows need the celltypist extra).")
 
 
 def main():
@@ -19,7 +23,8 @@ def main():
   suite.run(
       FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.rows,
       # The given config is the base scale as it stands; medium and large set the seed's numbers on it.
-      scales={"base": {}, "medium": default.SCALES["medium"], "large": default.SCALES["large"]},
+      scales={"base": {}, "medium": default.SCALES["medium"], "large": default.SCALES["large"],
+              "annotate": annotate.ANNOTATE},
   )
 
 

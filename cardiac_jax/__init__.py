@@ -1,11 +1,14 @@
 """cardiac_jax: the attention-enhanced BiLSTM for temporal cardiac cell-type classification, in JAX/Flax.
 
 The data's journey, one module per step: readers (files -> AnnData), preprocess, split, sequences, batches,
-model, train, metrics, report; dataset chains the data steps for a config, simulate writes the built-in data.
+model, train, metrics, report; dataset chains the data steps for a config, simulate writes the built-in data,
+inference turns a trained workdir into a Bundle that labels any AnnData (annotate).
 """
 
 from cardiac_jax.dataset import Dataset, prepare
 from cardiac_jax.errors import ConfigError, DataError
+from cardiac_jax.inference import Bundle, annotate, annotate_file, load
+from cardiac_jax.preprocess import Preprocessing
 from cardiac_jax.model import EnhancedCardiacRNN, count_params
 from cardiac_jax.readers import read_geo, read_h5ad, read_visium
 from cardiac_jax.report import evaluate
@@ -14,14 +17,19 @@ from cardiac_jax.simulate import write_gse175634, write_visium
 from cardiac_jax.train import quiet_dependency_logs, train_and_evaluate, use_compilation_cache
 
 __all__ = [
+    "Bundle",
     "ConfigError",
     "DataError",
     "Dataset",
     "EnhancedCardiacRNN",
     "LabelEncoding",
+    "Preprocessing",
     "Sequences",
+    "annotate",
+    "annotate_file",
     "count_params",
     "evaluate",
+    "load",
     "prepare",
     "quiet_dependency_logs",
     "read_geo",

@@ -32,9 +32,15 @@ ROWS = {
     "split-cell": (("base", "cell"), "model", {}),
     # Per-cell annotation (configs/annotate.py is the 'annotate' scale): test metrics per cell.
     "anchored": (("annotate", "donor"), "model, anchored", {}),
+    "anchored-unweighted": (("annotate", "donor"), "model, anchored, unweighted loss",
+                            {"train.class_weighting": "none"}),
     "cell-alone": (("annotate", "donor"), "model, each cell alone", {"data.sequence_mode": "cell"}),
 }
 
+
+# The rows of the seed's sequence task (the suite's default) and of per-cell annotation.
+SEED_ROWS = tuple(r for r, (setting, _, _) in ROWS.items() if setting[0] != "annotate")
+ANNOTATION_ROWS = tuple(r for r in ROWS if r not in SEED_ROWS)
 
 # Model rows are also compared seed by seed with a reference: for the seed's type sequences the mean-expression
 # baseline (the strongest one in every setting measured), for per-cell annotation CellTypist.
@@ -74,7 +80,7 @@ def _train_row(config, workdir):
   return {"accuracy": results["test_accuracy"], "macro_f1": results["test_macro_f1"], "seconds": results["seconds"]["total"]}
 
 
-def run(config, workdir, seeds, rows=tuple(ROWS), scales=None):
+def run(config, workdir, seeds, rows=SEED_ROWS, scales=None):
   """Runs the suite and writes results.json, results.md and results.png into workdir. Returns the summary rows.
 
   Args:
