@@ -57,19 +57,26 @@ def plot_learning_curves(history, path):
   plt.close(fig)
 
 
-def evaluate(workdir):
+def score(workdir):
   """Restores workdir's best model (`inference.load`) and scores the test split that train.py saved with it.
 
   Nothing is prepared again: the test sequences (and the names of their cells) are in the workdir, and the
-  model is applied to them through the same prediction path as annotation. Writes workdir/report/ and
-  returns the report dict.
+  model is applied to them through the same prediction path as annotation.
+
+  Returns:
+    (bundle, test Sequences, logits [n, classes], classification report of the test split).
   """
   bundle = inference.load(workdir)
+  test, _ = train_lib.load_test_sequences(bundle.workdir)
+  logits = inference.predict_logits(bundle, test)
+  return bundle, test, logits, metrics_lib.classification_report(test.labels, logits.argmax(-1), bundle.classes)
+
+
+def evaluate(workdir):
+  """Scores workdir's best model on its test split (`score`), writes workdir/report/ and returns the report."""
+  bundle, test, logits, report = score(workdir)
   workdir = bundle.workdir
   config, record, classes = bundle.config, bundle.record, list(bundle.classes)
-  test, _ = train_lib.load_test_sequences(workdir)
-  logits = inference.predict_logits(bundle, test)
-  report = metrics_lib.classification_report(test.labels, logits.argmax(-1), classes)
   report.update(
       best_epoch=bundle.checkpoint["best_epoch"],
       best_val_accuracy=bundle.checkpoint["best_val_accuracy"],

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
-from cardiac_jax import baselines, celltypist_compare, dataset, metrics, train
+from cardiac_jax import baselines, celltypist_compare, dataset, metrics, report, train
 from cardiac_jax.errors import ConfigError
 
 # Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
@@ -72,12 +72,14 @@ def _setting(config, scales, scale, unit, seed):
 
 
 def _train_row(config, workdir):
-  """Trains (or reads back) one run; returns its test accuracy and macro-F1."""
+  """Trains one run (or finds it finished) and scores its best model through the workdir's bundle, as eval.py
+  does; returns its test accuracy, macro-F1 and training wall time."""
   results_path = workdir / "results.json"
   if not results_path.exists():
     train.train_and_evaluate(config, workdir)
-  results = json.loads(results_path.read_text())
-  return {"accuracy": results["test_accuracy"], "macro_f1": results["test_macro_f1"], "seconds": results["seconds"]["total"]}
+  *_, scored = report.score(workdir)
+  seconds = json.loads(results_path.read_text())["seconds"]["total"]
+  return {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"], "seconds": seconds}
 
 
 def run(config, workdir, seeds, rows=SEED_ROWS, scales=None):
@@ -108,9 +110,9 @@ def run(config, workdir, seeds, rows=SEED_ROWS, scales=None):
       for name, method in _baselines(base).items():
         logging.info("suite: %s on %s, seed %d", name, setting_name, seed)
         predictions = method(data, seed)
-        report = metrics.classification_report(data.test.labels, predictions, data.encoding.classes)
-        runs.append(dict(setting=setting_name, method=name, kind="baseline", seed=seed, accuracy=report["accuracy"],
-                         macro_f1=report["macro_f1"], leakage=leakage))
+        scores = metrics.classification_report(data.test.labels, predictions, data.encoding.classes)
+        runs.append(dict(setting=setting_name, method=name, kind="baseline", seed=seed, accuracy=scores["accuracy"],
+                         macro_f1=scores["macro_f1"], leakage=leakage))
       for row in rows:
         row_setting, method, overrides = ROWS[row]
         if row_setting != setting:
