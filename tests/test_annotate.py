@@ -186,3 +186,21 @@ def test_a_geo_folder_without_labels_is_annotated(run, simulated, tmp_path):
   result, _ = inference.annotate_file(root / "run", geo, tmp_path / "out.h5ad", progress=False)
   out = anndata.read_h5ad(tmp_path / "out.h5ad")
   assert out.n_obs == len(result.labels) and inference.LABEL_KEY in out.obs
+
+
+def test_normalised_input_is_read_as_such(run):
+  """A query already normalised and log-transformed (scanpy's usual steps) gives the counts' probabilities."""
+  import scanpy as sc
+
+  root, _, _, query = run
+  bundle = inference.load(root / "run")
+  from_counts, counts_result = inference.annotate(bundle, query, progress=False)
+  logged = query.copy()
+  sc.pp.normalize_total(logged, target_sum=bundle.preprocessing.target_sum)
+  sc.pp.log1p(logged)
+  from_log, log_result = inference.annotate(bundle, logged, progress=False)
+  assert (counts_result.info["normalization"], log_result.info["normalization"]) == ("counts", "log")
+  np.testing.assert_allclose(from_log.obsm[inference.PROBABILITIES_KEY],
+                             from_counts.obsm[inference.PROBABILITIES_KEY], atol=1e-5)
+  forced, _ = inference.annotate(bundle, logged, normalization="counts", progress=False)
+  assert not np.allclose(forced.obsm[inference.PROBABILITIES_KEY], from_counts.obsm[inference.PROBABILITIES_KEY])
