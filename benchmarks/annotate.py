@@ -7,11 +7,15 @@ not part of the comparison):
   simulate          the simulated GSE175634 at the given size (counts only; about 15 minutes at full size)
   query             that GEO folder read once (readers.read_geo) and written as an unlabelled query.h5ad: X the
                     raw counts (CSR float32), obs 'diffday', 'individual', ... without the label column 'type'
-  cardiac_jax model a short anchored training run on the default simulated data (20,000 cells x 4,000 genes):
-                    train.py --config=configs/annotate.py --config.train.num_epochs=2
-  celltypist model  celltypist.train on all cells of the same default simulated data, normalised as CellTypist
-                    asks (normalize_total to 1e4, log1p), all 4,000 genes, its defaults otherwise; saved with
-                    Model.write
+  training data     the built-in simulated data with --train-cells cells (20,000) and the query's genes (the same
+                    seed, donors and signal, so the same cell types; at full size the first 4,000 genes carry only
+                    a quarter of a cell's counts, so a model fitted on the default 4,000-gene data would see every
+                    normalised value about 4x too small)
+  cardiac_jax model a short anchored training run on it: train.py --config=configs/annotate.py
+                    --config.train.num_epochs=2 --config.sim.n_cells=20000 --config.sim.n_genes=<genes>
+  celltypist model  celltypist.train on all its cells with at least one count, normalised as CellTypist asks
+                    (normalize_total to 1e4, log1p), labels 'type', feature_selection=True with top_genes=300 (the
+                    recipe of CellTypist's tutorial for a custom model), its defaults otherwise; Model.write
 
 Timed, each in its own process under `/usr/bin/time -v` (wall time, peak resident memory), both reading
 query.h5ad and writing an annotated .h5ad:
@@ -78,19 +82,23 @@ def paths(args):
   return {
       "bench": bench,
       "query": size / "query.h5ad",
-      "model": bench / f"cardiac_jax_annotate_e{args.epochs}",
-      "celltypist": bench / "celltypist_model.pkl",
+      "model": bench / f"cardiac_jax_annotate_c{args.train_cells}_g{args.genes}_e{args.epochs}",
+      "celltypist": bench / f"celltypist_c{args.train_cells}_g{args.genes}_top{args.top_genes}.pkl",
       "json": pathlib.Path(args.json) if args.json else size / "results.json",
   }
 
 
-def training_config(cache_dir):
-  """configs/annotate.py with the cache dir: its simulated data are both models' training data."""
-  from configs import annotate
+def training_overrides(args):
+  """The settings that make configs/annotate.py train on the benchmark's training data: the built-in simulated
+  data with --train-cells cells and the query's genes (the same 19 donors, seed and signal)."""
+  return {"data.cache_dir": args.cache_dir, "sim.n_cells": args.train_cells, "sim.n_genes": args.genes}
 
-  config = annotate.get_config()
-  config.data.cache_dir = cache_dir
-  return config
+
+def training_config(args):
+  """configs/annotate.py with `training_overrides`: its simulated data are both models' training data."""
+  from configs import annotate, default
+
+  return default.override(annotate.get_config(), training_overrides(args))
 
 
 # ---- steps, each run in its own process (--step) ----
@@ -114,23 +122,27 @@ def step_query(args, geo_dir):
 
 
 def step_celltypist_model(args):
-  """celltypist.train on the default simulated data, normalised as CellTypist asks (setup)."""
+  """celltypist.train on the training data, normalised as CellTypist asks, with the feature selection of
+  CellTypist's tutorial for custom models (setup)."""
   import celltypist
   import scanpy as sc
 
   from cardiac_jax import dataset, readers
 
-  geo_dir, _ = dataset.simulated(training_config(args.cache_dir))
+  geo_dir, _ = dataset.simulated(training_config(args))
   adata = readers.read_geo(geo_dir)
   adata = adata[adata.X.sum(axis=1).A1 > 0].copy()  # cells with no counts cannot be normalised
   sc.pp.normalize_total(adata, target_sum=1e4)
   sc.pp.log1p(adata)
   started = time.perf_counter()
-  model = celltypist.train(adata, labels="type", n_jobs=os.cpu_count())
+  model = celltypist.train(adata, labels="type", n_jobs=os.cpu_count(), feature_selection=True,
+                           top_genes=args.top_genes)
   target = paths(args)["celltypist"]
+  info = {"cells": adata.n_obs, "genes": adata.n_vars, "model_genes": len(model.features),
+          "train_seconds": round(time.perf_counter() - started, 1), "path": str(target)}
+  target.with_suffix(".json").write_text(json.dumps(info))
   model.write(str(target))
-  return {"cells": adata.n_obs, "genes": adata.n_vars, "train_seconds": round(time.perf_counter() - started, 1),
-          "path": str(target)}
+  return info
 
 
 def step_celltypist(args, output):
@@ -290,7 +302,9 @@ def main():
   parser.add_argument("--genes", type=int, default=FULL_GENES)
   parser.add_argument("--cache-dir", default="~/.cache/cardiac_jax")
   parser.add_argument("--steps", default="cardiac_jax,celltypist", help="which of cardiac_jax,celltypist,stages")
+  parser.add_argument("--train-cells", type=int, default=20_000, help="cells of the simulated training data (setup)")
   parser.add_argument("--epochs", type=int, default=2, help="training epochs of the cardiac_jax model (setup)")
+  parser.add_argument("--top-genes", type=int, default=300, help="CellTypist's feature selection: genes per type")
   parser.add_argument("--rounds", type=int, default=1, help="times each timed step is run, alternating")
   parser.add_argument("--json", help="where to write the results (default: results.json beside query.h5ad)")
   parser.add_argument("--step", choices=("query", "celltypist_model", "celltypist", "stages"), help=argparse.SUPPRESS)
@@ -320,7 +334,8 @@ def main():
              "other_processes_at_start": others(), "cells": args.cells, "genes": args.genes, "setup": {}, "runs": []}
   print(f"{results['machine']}; other processes at start: {results['other_processes_at_start'] or 'none'}")
   base = [sys.executable, __file__, "--cells", str(args.cells), "--genes", str(args.genes),
-          "--cache-dir", args.cache_dir]
+          "--cache-dir", args.cache_dir, "--train-cells", str(args.train_cells), "--epochs", str(args.epochs),
+          "--top-genes", str(args.top_genes)]
 
   # ---- setup (measured, reported, not compared) ----
   sim_args = dict(n_cells=args.cells, n_genes=args.genes, n_donors=19, n_spots=4000, n_spot_genes=2000, seed=0,
@@ -341,9 +356,11 @@ def main():
 
   files["bench"].mkdir(parents=True, exist_ok=True)
   setup("query.h5ad", base + ["--step", "query", "--geo-dir", str(geo_dir)], files["query"].exists)
-  setup("cardiac_jax model", [sys.executable, "train.py", "--config=configs/annotate.py", f"--workdir={files['model']}",
-                              f"--config.data.cache_dir={args.cache_dir}", f"--config.train.num_epochs={args.epochs}"],
-        (files["model"] / "results.json").exists)
+  train = [sys.executable, "train.py", "--config=configs/annotate.py", f"--workdir={files['model']}",
+           f"--config.train.num_epochs={args.epochs}"]
+  train += [f"--config.{key}={value}" for key, value in training_overrides(args).items()]
+  results["cardiac_jax_train_command"] = " ".join(train[1:])
+  setup("cardiac_jax model", train, (files["model"] / "results.json").exists)
   setup("celltypist model", base + ["--step", "celltypist_model"], files["celltypist"].exists)
   size_gb = files["query"].stat().st_size / 1e9
   print(f"query: {files['query']} ({size_gb:.2f} GB); models: {files['model']}, {files['celltypist']}", flush=True)
@@ -351,6 +368,11 @@ def main():
                  celltypist_model=str(files["celltypist"]))
   cardiac_results = json.loads((files["model"] / "results.json").read_text())
   results["cardiac_jax_model_test_accuracy"] = cardiac_results.get("test_accuracy")
+  results["cardiac_jax_model_genes"] = len(json.loads((files["model"] / "preprocessing.json").read_text())["genes"])
+  results["celltypist_model"] = json.loads(files["celltypist"].with_suffix(".json").read_text())
+  print(f"cardiac_jax model: test accuracy {results['cardiac_jax_model_test_accuracy']:.4f} (per cell, held-out "
+        f"donors), {results['cardiac_jax_model_genes']} genes; CellTypist model: "
+        f"{results['celltypist_model']['model_genes']} genes", flush=True)
 
   # ---- the timed steps ----
   truth = pd.read_csv(geo_dir / readers.GEO_METADATA, sep="\t", usecols=["type"], dtype=str)["type"].to_numpy()

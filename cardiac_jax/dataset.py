@@ -223,6 +223,7 @@ def prepare(config):
   call with the same config and unchanged input files reads it back instead of preparing the data again
   (seconds instead of minutes at GSE175634's full size).
   """
+  check_sequence_mode(config)
   if not config.data.reuse_prepared:
     return _prepare(config)
   path = pathlib.Path(config.data.cache_dir).expanduser() / "prepared" / f"{cache_key(config)}.npz"
@@ -238,7 +239,6 @@ def prepare(config):
 def _prepare(config):
   """The data's journey itself: files -> AnnData -> preprocessed -> split -> sequences."""
   data = config.data
-  check_sequence_mode(config)
   adata, visium_path = load(config)
   path = adata.uns["source_path"]
   logging.info(f"read {adata.n_obs:,} cells x {adata.n_vars:,} genes from {path}")
@@ -351,6 +351,9 @@ def check_sequence_mode(config):
                       "(the 'sequence' unit splits the seed's type sequences)")
   if mode == "anchored" and config.data.context_k < 1:
     raise ConfigError(f"data.context_k must be at least 1, got {config.data.context_k}")
+  if config.model.pooling == "anchor" and mode != "anchored":
+    raise ConfigError(f"model.pooling='anchor' reads the anchor channel of anchored sequences; with "
+                      f"data.sequence_mode={mode!r} use model.pooling='mean'")
 
 
 def _per_cell_split(j):

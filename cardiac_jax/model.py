@@ -298,6 +298,9 @@ class LSTMLayer(nn.Module):
     return jnp.concatenate(outputs, axis=-1)
 
 
+POOLINGS = ('mean', 'anchor')
+
+
 class EnhancedCardiacRNN(nn.Module):
   """The seed's classifier of padded gene-expression sequences.
 
@@ -312,6 +315,9 @@ class EnhancedCardiacRNN(nn.Module):
     use_attention: put masked self-attention (residual + LayerNorm) after the LSTM.
     bidirectional: run each LSTM layer in both directions.
     lstm_impl: 'fused' (fast) or 'rnn' (the `nn.RNN` reference); see `LSTMLayer.impl`.
+    pooling: 'mean' (the seed's: the mean over valid steps) or 'anchor' (the state at the step whose last
+      input channel is 1: the labelled cell of an anchored sequence, read after the LSTM and attention have
+      mixed in its context).
   """
   num_classes: int = 7
   hidden_dim: int = 128
@@ -323,6 +329,7 @@ class EnhancedCardiacRNN(nn.Module):
   use_attention: bool = True
   bidirectional: bool = True
   lstm_impl: str = 'fused'
+  pooling: str = 'mean'
 
   @nn.compact
   def __call__(self, x, lengths, *, train: bool):
@@ -362,10 +369,13 @@ class EnhancedCardiacRNN(nn.Module):
           name='attention')(h, mask=nn.make_attention_mask(mask, mask))
       h = nn.LayerNorm(name='attention_norm')(h + attended)
 
-    # Mean over valid steps; the denominator is at least 1 so that an all-padding row (as a
-    # filler row of a last batch might be) pools to zeros rather than NaN.
-    counts = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1).astype(h.dtype)
-    h = jnp.sum(jnp.where(mask[..., None], h, 0.0), axis=1) / counts  # [batch, features]
+    # Mean over valid steps, or the anchor's step; the denominator is at least 1 so that an all-padding
+    # row (as a filler row of a last batch might be) pools to zeros rather than NaN.
+    if self.pooling not in POOLINGS:
+      raise ValueError(f"pooling must be one of {POOLINGS}, not {self.pooling!r}")
+    weights = mask if self.pooling == 'mean' else mask & (x[..., -1] == 1)  # [batch, steps]
+    counts = jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1).astype(h.dtype)
+    h = jnp.sum(jnp.where(weights[..., None], h, 0.0), axis=1) / counts  # [batch, features]
 
     for i, dim in enumerate(self.head_dims):
       h = nn.Dense(dim, name=f'head_{i}')(h)

@@ -34,7 +34,8 @@ ROWS = {
     "anchored": (("annotate", "donor"), "model, anchored", {}),
     "anchored-unweighted": (("annotate", "donor"), "model, anchored, unweighted loss",
                             {"train.class_weighting": "none"}),
-    "cell-alone": (("annotate", "donor"), "model, each cell alone", {"data.sequence_mode": "cell"}),
+    "cell-alone": (("annotate", "donor"), "model, each cell alone",
+                   {"data.sequence_mode": "cell", "model.pooling": "mean"}),
 }
 
 

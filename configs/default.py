@@ -103,6 +103,8 @@ def get_config():
   # 'fused': input projections outside the scan, both directions in one scan (benchmarks/README.md);
   # 'rnn': the plain nn.RNN reference, same parameters, same logits and gradients to 1e-5.
   config.model.lstm_impl = "fused"
+  # 'mean' (the seed's: the mean over valid steps) or 'anchor' (anchored sequences: the labelled cell's step).
+  config.model.pooling = "mean"
 
   config.train = ml_collections.ConfigDict()
   # Epochs and learning rate: see SCALES.
