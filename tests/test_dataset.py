@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cardiac_jax import dataset, readers
-from cardiac_jax.errors import DataError
+from cardiac_jax.errors import ConfigError, DataError
 
 
 def _assert_same(a, b):
@@ -140,3 +140,52 @@ def test_prepared_data_are_reused_until_config_or_input_changes(config, tmp_path
   assert dataset.cache_key(config) != key
   with pytest.raises(AssertionError, match="from the cache"):
     dataset.prepare(config)
+
+
+@pytest.mark.parametrize("mode", ["anchored", "cell"])
+def test_per_cell_modes_label_every_cell_of_a_split_with_context_from_it(config, mode):
+  config.data.sequence_mode = mode
+  data = dataset.prepare(config)
+  n_genes = config.data.n_genes
+  for split, name in enumerate(("train", "val", "test")):
+    sequences = data.splits[name]
+    cells = np.flatnonzero(data.cell_split == split)
+    np.testing.assert_array_equal(sequences.anchor_cells, cells)  # every cell once, in order
+    np.testing.assert_array_equal(sequences.labels, data.cell_labels[cells])
+    used = sequences.cell_ids[sequences.cell_ids >= 0]
+    assert set(used.tolist()) <= set(cells.tolist())  # context from the split's own cells
+  width = n_genes + 1 if mode == "anchored" else n_genes
+  assert data.train.x.shape[1:] == (config.data.max_len, width)
+  assert not data.train.spatial.any() and data.report["leakage"]["cells_in_more_than_one_split"] == 0
+  if mode == "anchored":
+    assert (data.test.lengths == len(data.time_points)).mean() > 0.9  # most cells see every day of their donor
+    donors = readers.read_geo(data.report["path"]).obs["individual"].to_numpy()
+    ids = data.test.cell_ids
+    same = donors[np.where(ids >= 0, ids, 0)] == donors[data.test.anchor_cells][:, None]
+    assert same[ids >= 0].all()  # context from the anchor's own donor
+  else:
+    assert (data.test.lengths == 1).all()
+
+
+def test_per_cell_settings_that_cannot_work_are_refused(config):
+  config.data.sequence_mode = "anchored"
+  config.split.unit = "sequence"
+  with pytest.raises(ConfigError, match="split.unit must be 'cell' or 'donor'"):
+    dataset.prepare(config)
+  config.split.unit = "donor"
+  config.data.sequence_mode = "cell"
+  config.model.pooling = "anchor"
+  with pytest.raises(ConfigError, match="model.pooling='anchor'"):
+    dataset.prepare(config)
+  config.data.sequence_mode = "sideways"
+  with pytest.raises(ConfigError, match="data.sequence_mode must be one of"):
+    dataset.prepare(config)
+
+
+def test_the_fitted_preprocessing_transforms_the_data_it_was_fitted_on(config):
+  data = dataset.prepare(config)
+  adata = readers.read_geo(data.report["path"])[data.cell_names]
+  x, report = data.preprocessing.transform(adata)
+  np.testing.assert_array_equal(x, data.cell_x)
+  assert report == {"normalization": "counts", "missing_genes": []}
+  assert data.preprocessing.embed(x).shape == (len(x), min(20, config.data.n_genes))

@@ -197,6 +197,41 @@ class EnhancedCardiacRNNTest(chex.TestCase):
         float(sum(jnp.abs(g).sum() for g in jax.tree_util.tree_leaves(grads))), 0.0)
 
 
+class AnchorPoolingTest(absltest.TestCase):
+
+  def _anchored(self, anchors, lengths, seed=12):
+    """Inputs whose last channel is 1 at each row's anchor step."""
+    x, lengths = _inputs(seed, len(lengths), 5, lengths)
+    flag = jax.nn.one_hot(jnp.asarray(anchors), 5)
+    return x.at[..., -1].set(flag), lengths
+
+  def test_pools_the_anchor_step(self):
+    mean = model_lib.EnhancedCardiacRNN(**SMALL)
+    anchor = model_lib.EnhancedCardiacRNN(**SMALL, pooling='anchor')
+    x, lengths = self._anchored([0, 0, 0], [1, 1, 1])
+    params = mean.init(jax.random.key(0), x, lengths, train=False)
+    # One valid step: the anchor's state is the mean, and the parameters are the same.
+    np.testing.assert_allclose(anchor.apply(params, x, lengths, train=False),
+                               mean.apply(params, x, lengths, train=False), atol=1e-6)
+    x, lengths = self._anchored([0, 2, 4], [5, 5, 5])
+    moved, _ = self._anchored([3, 2, 1], [5, 5, 5])
+    moved = x.at[..., -1].set(moved[..., -1])
+    a = anchor.apply(params, x, lengths, train=False)
+    b = anchor.apply(params, moved, lengths, train=False)
+    self.assertGreater(float(jnp.abs(a[0] - b[0]).max()), 1e-4)  # another anchor, another readout
+    np.testing.assert_allclose(a[1], b[1], atol=1e-6)  # same anchor, same everything
+    padded = x.at[:, 3:].set(jnp.where(jnp.arange(5)[3:, None] >= 3, 50.0, 0.0))
+    shorter = jnp.asarray([3, 3, 3])
+    np.testing.assert_allclose(anchor.apply(params, padded[:2], shorter[:2], train=False),
+                               anchor.apply(params, x[:2].at[:, 3:].set(0.0), shorter[:2], train=False),
+                               atol=1e-5)  # padding does not matter
+
+  def test_unknown_pooling(self):
+    x, lengths = _inputs(0, 1, 2, [2])
+    with self.assertRaisesRegex(ValueError, "pooling must be one of"):
+      model_lib.EnhancedCardiacRNN(**SMALL, pooling='max').init(jax.random.key(0), x, lengths, train=False)
+
+
 class FusedLSTMTest(parameterized.TestCase):
   """The fused LSTM (the default) computes what the nn.RNN reference does, on the same parameters."""
 

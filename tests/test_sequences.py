@@ -136,3 +136,58 @@ def test_batches_cut_to_the_used_steps_keep_every_valid_value():
       np.testing.assert_array_equal(a[key], b[key])
   with pytest.raises(ValueError, match="cut sequences of length 5"):
     next(batches.iterate(padded, 4, steps=4))
+
+
+def test_nearest_is_exact_and_ordered():
+  rng = np.random.default_rng(0)
+  query, reference = rng.normal(size=(50, 4)), rng.normal(size=(30, 4))
+  found = sequences.nearest(query, reference, 3)
+  distances = ((query[:, None] - reference[None]) ** 2).sum(-1)
+  np.testing.assert_array_equal(found, np.argsort(distances, axis=1, kind="stable")[:, :3])
+  assert sequences.nearest(query, reference[:2], 5).shape == (50, 2)  # k larger than the pool
+
+
+def test_anchored_sequences_take_context_without_labels():
+  """Each anchor at its own day, the mean of its k nearest pool cells (of its group) at every other day."""
+  rng = np.random.default_rng(1)
+  n, genes = 60, 4
+  x = rng.normal(size=(n, genes)).astype(np.float32)
+  embedding = x[:, :2] * 3
+  times = np.repeat(np.arange(3), 20)
+  groups = np.tile(np.array(["a", "b"]), 30)
+  anchors = np.array([0, 25, 59])
+  pool = np.arange(n)
+  built = sequences.anchored_sequences(x, embedding, times, anchors, pool, n_times=3, k=2, max_len=5, groups=groups)
+  assert built.x.shape == (3, 5, genes + 1)
+  np.testing.assert_array_equal(built.lengths, [3, 3, 3])
+  np.testing.assert_array_equal(built.anchor, times[anchors])
+  np.testing.assert_array_equal(built.anchor_cells, anchors)
+  np.testing.assert_array_equal(built.labels, [-1, -1, -1])  # no labels were given or needed
+  for i, a in enumerate(anchors):
+    flags = built.x[i, :, -1]
+    assert flags[built.anchor[i]] == 1 and flags.sum() == 1
+    steps = np.zeros((3, genes), np.float32)
+    for t in range(3):
+      if t == times[a]:
+        steps[t] = x[a]
+        continue
+      candidates = np.flatnonzero((times == t) & (groups == groups[a]))
+      near = candidates[np.argsort(((embedding[candidates] - embedding[a]) ** 2).sum(1), kind="stable")[:2]]
+      steps[t] = x[near].mean(0)
+      assert built.cell_ids[i, t] == near[0] and groups[built.cell_ids[i, t]] == groups[a]
+    expected = sequences.standardize_and_pad(steps[None], np.array([3]), 5)[0]
+    np.testing.assert_allclose(built.x[i, :, :genes], expected, atol=1e-5)
+  # A pool without some day gives shorter sequences, the anchor's step counted among the days present.
+  short = sequences.anchored_sequences(x, embedding, times, np.array([45]), np.flatnonzero(times != 1), n_times=3,
+                                       k=2, max_len=5)
+  assert short.lengths[0] == 2 and short.anchor[0] == 1 and short.x[0, 1, -1] == 1
+
+
+def test_cell_sequences_are_single_cells():
+  x = np.arange(12, dtype=np.float32).reshape(4, 3)
+  built = sequences.cell_sequences(x, np.array([2, 0]), np.array([5, 6, 7, 8]), max_len=3)
+  np.testing.assert_array_equal(built.labels, [7, 5])
+  np.testing.assert_array_equal(built.lengths, [1, 1])
+  np.testing.assert_array_equal(built.anchor_cells, [2, 0])
+  np.testing.assert_allclose(built.x[0, 0], (x[2] - x[2].mean()) / x[2].std(), atol=1e-6)
+  assert not built.x[:, 1:].any()
