@@ -7,10 +7,13 @@ The input (an .h5ad, or a folder in GSE175634's GEO layout) needs a time column 
 copy with obs['cardiac_jax_label'], obs['cardiac_jax_confidence'], obsm['cardiac_jax_probabilities'] and
 uns['cardiac_jax'], written completely or not at all.
 
-What the confidence means: the model's softmax probability of the label it gives, uncalibrated (it is the
-probability the trained network assigns, not a measured frequency of being right). Cells whose confidence is
-below --min_confidence are labelled 'Unassigned'; the default 0.5 is a fixed rule (the label must be more
-probable than all other classes together), not a threshold tuned on data.
+What the confidence means: the model's probability of the label it gives, calibrated by temperature scaling
+on the training run's validation cells (held-out donors): logits are divided by the temperature in the
+workdir's calibration.json, fitted to minimise the validation negative log-likelihood, so that among cells
+given confidence p about a fraction p should be right (eval.py's reliability.png shows how well that holds on
+the test cells). It cannot change which label is given. Cells whose confidence is below --min_confidence are
+labelled 'Unassigned'; the default 0.5 is a fixed rule (the label must be more probable than all other
+classes together), not a threshold tuned on data.
 """
 
 from absl import flags

@@ -25,9 +25,9 @@ query.h5ad and writing an annotated .h5ad:
   celltypist        as CellTypist's documentation does it: anndata.read_h5ad, sc.pp.normalize_total(target_sum=
                     1e4), sc.pp.log1p, celltypist.annotate(adata, model=<Model>, majority_voting=False),
                     predictions.to_adata().write_h5ad(<tmp>.h5ad)
-  stages            (not in the default --steps) cardiac_jax's annotate_file taken apart, stage by stage, with
-                    the wall time and the peak memory so far after each stage; and prediction at other batch
-                    sizes
+  stages            (not in the default --steps) annotate.py's library call, inference.annotate_file, with the
+                    functions it calls wrapped to add up their seconds and note the peak memory so far: where the
+                    time and memory go; then prediction alone at other batch sizes
 
 After the timed steps (not timed) each output's labels are compared with the simulation's true types, to show
 both annotated something sensible; the outputs are then deleted. Prints a markdown table and writes every
@@ -170,69 +170,100 @@ def step_celltypist(args, output):
 
 
 def step_stages(args, output):
-  """cardiac_jax's annotate_file taken apart (same calls, same order), timing each stage; then prediction at
-  other batch sizes (not timed as part of the whole)."""
+  """cardiac_jax's annotate_file as annotate.py runs it, with its steps timed from outside: the functions it
+  calls are wrapped (the wrappers add up the seconds of each, and the peak memory so far when it returns), so
+  this is the library's own path. Then prediction alone at other batch sizes, on the first chunk's sequences."""
   import dataclasses
 
+  import jax
   import numpy as np
 
-  stages = Stages()
-  from cardiac_jax import inference, readers
-  from cardiac_jax.train import write_atomic
+  started = time.perf_counter()
+  from cardiac_jax import inference, preprocess, readers, sequences
 
-  stages("import")
+  import_seconds = time.perf_counter() - started
+  timings, kept = {}, {}
+
+  def timed(owner, name, label, keep=False, block_first=False):
+    original = getattr(owner, name, None)
+    if original is None:  # the library changed; leave that stage out
+      return
+
+    def wrapper(*a, **k):
+      t0 = time.perf_counter()
+      try:
+        result = original(*a, **k)
+        if block_first and label not in timings:
+          jax.block_until_ready(result)
+        return result
+      finally:
+        row = timings.setdefault(label, {"calls": 0, "seconds": 0.0})
+        row["calls"] += 1
+        row["seconds"] += time.perf_counter() - t0
+        row["peak_gb_so_far"] = round(peak_gb(), 3)
+        if keep and label not in kept:
+          kept[label] = result
+
+    setattr(owner, name, wrapper)
+
+  def timed_predict_fn(make):
+    def wrapper(apply_fn):
+      fn = make(apply_fn)
+      first = []
+
+      def call(params, batch):
+        if first:
+          return fn(params, batch)
+        t0 = time.perf_counter()
+        first.append(jax.block_until_ready(fn(params, batch)))
+        timings["  of which compile + first batch"] = {"calls": 1, "seconds": time.perf_counter() - t0,
+                                            "peak_gb_so_far": round(peak_gb(), 3)}
+        return first[0]
+
+      return call
+
+    return wrapper
+
+  timed(inference, "load", "load the model (restore the checkpoint)")
+  timed(readers, "read_h5ad", "open the h5ad backed (obs, var)")
+  timed(preprocess.Preprocessing, "transform", "transform (X in row blocks -> [cells, 200] log expression)")
+  timed(preprocess.Preprocessing, "embed", "embed (context space)")
+  timed(inference, "query_sequences", "build anchored sequences", keep=True)
+  timed(sequences, "nearest", "  of which nearest neighbours")
+  timed(sequences, "standardize_and_pad", "  of which standardize_and_pad")
+  timed(inference, "predict_logits", "predict (batches of the training batch size)")
+  inference.make_predict_fn = timed_predict_fn(inference.make_predict_fn)
+  timed(inference, "_write_annotated_copy", "write (byte copy of the input + annotation)")
+  result, seconds = inference.annotate_file(paths(args)["model"], paths(args)["query"], output, progress=False)
+  rows = [{"stage": "import cardiac_jax", "seconds": round(import_seconds, 2), "calls": 1}]
+  order = ["load the model", "open the h5ad", "transform", "embed", "build", "  of which nearest", "  of which stand",
+           "predict", "  of which compile", "write"]
+  rank = lambda label: next((i for i, start in enumerate(order) if label.startswith(start)), len(order))
+  rows += [{"stage": label, **timings[label], "seconds": round(timings[label]["seconds"], 2)}
+           for label in sorted(timings, key=rank)]
+  accounted = sum(row["seconds"] for label, row in timings.items()
+                  if not label.startswith("  "))
+  rows.append({"stage": "the rest of annotate_file", "seconds": round(seconds - accounted, 2), "calls": 1})
+  for row in rows:
+    print(f"    {row['stage']}: {row['seconds']:.1f} s ({row['calls']} calls), peak so far "
+          f"{row.get('peak_gb_so_far', 0):.2f} GB", file=sys.stderr, flush=True)
+
+  # Prediction alone at other batch sizes (one warm-up call compiles each); logits against the training batch's.
   bundle = inference.load(paths(args)["model"])
-  stages("load model")
-  query = paths(args)["query"]
-  adata = readers.read_h5ad(query, time_key="", backed=True)
-  stages("read_h5ad backed (obs, var)")
-  times, groups, _ = inference._query_columns(bundle, adata.obs, str(query), None, None)
-  x, report = bundle.preprocessing.transform(adata)
-  obs = adata.obs
-  adata.file.close()
-  stages("transform (X in row blocks -> [cells, 200] log expression)")
-  embedding = bundle.preprocessing.embed(x)
-  stages("embed")
-  predict_fn = inference.make_predict_fn(bundle.apply_fn)
-  shape = (bundle.batch_size, bundle.config.data.max_len, bundle.record["n_features"])
-  predict_fn(bundle.params, {"x": np.zeros(shape, np.float32), "lengths": np.ones(shape[0], np.int32)})
-  stages(f"compile the prediction step (batch {shape[0]} x {shape[1]} steps)")
-  chunk_sequences = chunk_predict = 0.0
-  probabilities = np.zeros((len(x), len(bundle.classes)), np.float32)
-  first = None
-  for lo in range(0, len(x), inference.ANNOTATE_CHUNK):
-    cells = np.arange(lo, min(lo + inference.ANNOTATE_CHUNK, len(x)))
-    t0 = time.perf_counter()
-    sequences = inference.query_sequences(bundle, x, embedding, times, cells, groups)
-    t1 = time.perf_counter()
-    probabilities[cells] = inference.softmax(inference.predict_logits(bundle, sequences, predict_fn))
-    chunk_sequences += t1 - t0
-    chunk_predict += time.perf_counter() - t1
-    if first is None:
-      first = sequences
-  stages(f"sequences + predict ({chunk_sequences:.1f} s building sequences, {chunk_predict:.1f} s predicting at "
-         f"batch {bundle.batch_size})")
-  labels, confidence = inference.labels_from(probabilities, bundle.classes, 0.5)
-  result = inference.Annotation(labels, confidence, probabilities,
-                                {"classes": list(bundle.classes), "min_confidence": 0.5})
-  write_atomic(output, lambda tmp: inference._write_annotated_copy(query, tmp, obs, result))
-  stages("write (byte copy of the input + annotation)")
-  # Prediction alone at other batch sizes, on the first chunk's sequences (compile excluded: one warm-up call);
-  # the logits are compared with those at the training batch size.
-  batch_rates, differences = {}, {}
+  first = kept["build anchored sequences"]
+  rates, logits = {}, {}
   for batch in sorted({bundle.batch_size, 256, 1024, 4096}):
     other = dataclasses.replace(bundle, record={**bundle.record, "batch_size": batch})
     fn = inference.make_predict_fn(bundle.apply_fn)
-    inference.predict_logits(other, first.take(np.arange(min(batch, len(first)))), fn)  # compile
+    inference.predict_logits(other, first.take(np.arange(min(batch, len(first)))), fn)
     t0 = time.perf_counter()
-    logits = inference.predict_logits(other, first, fn)
-    batch_rates[batch] = round(len(first) / (time.perf_counter() - t0), 1)
-    print(f"    predict at batch {batch}: {batch_rates[batch]:,.0f} sequences/s", file=sys.stderr, flush=True)
-    differences[batch] = logits
-  reference = differences[bundle.batch_size]
-  differences = {b: float(np.abs(v - reference).max()) for b, v in differences.items()}
-  return {"cells": len(x), "stages": stages.rows, "sequences_per_s_by_batch": batch_rates,
-          "max_abs_logit_difference_by_batch": differences, "training_batch_size": bundle.batch_size}
+    logits[batch] = inference.predict_logits(other, first, fn)
+    rates[batch] = round(len(first) / (time.perf_counter() - t0), 1)
+    print(f"    predict at batch {batch}: {rates[batch]:,.0f} sequences/s", file=sys.stderr, flush=True)
+  differences = {b: float(np.abs(v - logits[bundle.batch_size]).max()) for b, v in logits.items()}
+  return {"cells": len(result.labels), "annotate_file_seconds": round(seconds, 2), "stages": rows,
+          "sequences_per_s_by_batch": rates, "max_abs_logit_difference_by_batch": differences,
+          "training_batch_size": bundle.batch_size}
 
 
 # ---- the parent process ----
@@ -262,6 +293,15 @@ def machine():
   mem = re.search(r"MemTotal:\s*(\d+) kB", pathlib.Path("/proc/meminfo").read_text())
   return {"nproc": os.cpu_count(), "cpu": model.group(1).strip() if model else platform.processor(),
           "memory_gb": round(int(mem.group(1)) / 1024**2, 1), "python": platform.python_version()}
+
+
+def code_version():
+  """The commit this runs, and whether cardiac_jax's code or annotate.py differ from it."""
+  def git(*command):
+    return subprocess.run(["git", *command], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+  changed = git("status", "--porcelain", "--", "cardiac_jax", "annotate.py", "configs")
+  return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_changes": changed.splitlines()}
 
 
 def others():
@@ -331,7 +371,7 @@ def main():
   from cardiac_jax import readers, simulate
 
   results = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
-             "other_processes_at_start": others(), "cells": args.cells, "genes": args.genes, "setup": {}, "runs": []}
+             "other_processes_at_start": others(), "code": code_version(), "cells": args.cells, "genes": args.genes, "setup": {}, "runs": []}
   print(f"{results['machine']}; other processes at start: {results['other_processes_at_start'] or 'none'}")
   base = [sys.executable, __file__, "--cells", str(args.cells), "--genes", str(args.genes),
           "--cache-dir", args.cache_dir, "--train-cells", str(args.train_cells), "--epochs", str(args.epochs),
@@ -412,7 +452,9 @@ def main():
         print(f"  {step}: {run['seconds']:.1f} s, {row['cells_per_s']:,.0f} cells/s, peak {run['peak_gb']:.2f} GB, "
               f"load {run['load_before'][0]:.2f} -> {run['load_after'][0]:.2f}: {row['outcome'][:200]}", flush=True)
         for stage in row.get("detail", {}).get("stages", []):
-          print(f"      {stage['stage']}: {stage['seconds']} s (peak so far {stage['peak_gb_so_far']:.2f} GB)")
+          calls = f", {stage['calls']} calls" if stage.get("calls", 1) > 1 else ""
+          peak = f", peak so far {stage['peak_gb_so_far']:.2f} GB" if "peak_gb_so_far" in stage else ""
+          print(f"      {stage['stage']}: {stage['seconds']} s{calls}{peak}")
         if row.get("detail", {}).get("sequences_per_s_by_batch"):
           print(f"      prediction alone, sequences/s by batch size: {row['detail']['sequences_per_s_by_batch']}")
   finally:

@@ -27,7 +27,7 @@ from absl import logging
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import preprocess, readers
+from cardiac_jax import calibrate, preprocess, readers
 from cardiac_jax import train as train_lib
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import anchored_sequences, cell_sequences
@@ -56,6 +56,7 @@ class Bundle:
     preprocessing: the preprocess.Preprocessing fitted on the training cells.
     record: data.json of the run (batch size, input features, split counts, ...).
     checkpoint: the best checkpoint's metadata (epoch, validation accuracy).
+    calibration: calibration.json of the run (the temperature fitted on validation), or None.
   """
 
   workdir: pathlib.Path
@@ -67,6 +68,12 @@ class Bundle:
   preprocessing: preprocess.Preprocessing
   record: dict
   checkpoint: dict
+  calibration: Any = None
+
+  @property
+  def temperature(self):
+    """Logits are divided by this before the softmax (1.0 for a run without calibration.json)."""
+    return self.calibration["temperature"] if self.calibration else 1.0
 
   @property
   def sequence_mode(self):
@@ -100,7 +107,7 @@ def load(workdir):
                          np.ones(1, np.int32), train=False)["params"])
   params, checkpoint = train_lib.restore_best_params(workdir, shapes)
   return Bundle(workdir, config, params, model.apply, tuple(record["classes"]), tuple(record["time_points"]),
-                preprocessing, record, checkpoint)
+                preprocessing, record, checkpoint, calibrate.load(workdir))
 
 
 def make_predict_fn(apply_fn):
@@ -120,10 +127,9 @@ def predict_logits(bundle, sequences, predict_fn=None):
   return np.concatenate(outputs)
 
 
-def softmax(logits):
-  z = logits - logits.max(-1, keepdims=True)
-  e = np.exp(z)
-  return e / e.sum(-1, keepdims=True)
+def probabilities(bundle, logits):
+  """[n, classes] float32 calibrated class probabilities: softmax(logits / the bundle's temperature)."""
+  return np.exp(calibrate.log_softmax(np.asarray(logits, np.float64) / bundle.temperature)).astype(np.float32)
 
 
 def time_indices(bundle, values, path, time_key):
@@ -168,7 +174,7 @@ def check_can_annotate(bundle):
 
 
 def predict_cells(bundle, x, times, groups=None, progress=True):
-  """[cells, classes] float32 class probabilities of every cell of a query, `ANNOTATE_CHUNK` cells at a time.
+  """[cells, classes] float32 calibrated class probabilities of every cell of a query, `ANNOTATE_CHUNK` cells at a time.
 
   Args:
     x: [cells, genes] the query's log expression (`Preprocessing.transform`); times: [cells] time indices;
@@ -182,7 +188,7 @@ def predict_cells(bundle, x, times, groups=None, progress=True):
   for lo in range(0, len(x), ANNOTATE_CHUNK):
     cells = np.arange(lo, min(lo + ANNOTATE_CHUNK, len(x)))
     sequences = query_sequences(bundle, x, embedding, times, cells, groups)
-    out[cells] = softmax(predict_logits(bundle, sequences, predict_fn))
+    out[cells] = probabilities(bundle, predict_logits(bundle, sequences, predict_fn))
     bar.update(len(cells))
   bar.close()
   return out
@@ -266,6 +272,7 @@ def _annotation(bundle, adata, path, *, time_key, donor_key, gene_key, normaliza
       "sequence_mode": bundle.sequence_mode,
       "context_donor_column": donor_key if groups is not None else "",
       "min_confidence": float(min_confidence),
+      "temperature": bundle.temperature,
       "workdir": str(bundle.workdir.absolute()),
       "version": importlib.metadata.version("cardiac_jax"),
   }

@@ -5,6 +5,7 @@ report/report.json   accuracy, macro-F1, per-class precision/recall/F1, confusio
 report/confusion.png the test confusion matrix
 report/learning_curves.png  loss and accuracy per epoch, from metrics.jsonl
 report/test_predictions.npz  logits [n, classes], labels [n] and class names of the test sequences
+report/reliability.png  accuracy against confidence on the test split, before and after calibration
 """
 
 import json
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
-from cardiac_jax import inference
+from cardiac_jax import calibrate, inference
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import train as train_lib
 from cardiac_jax.model import count_params
@@ -57,6 +58,25 @@ def plot_learning_curves(history, path):
   plt.close(fig)
 
 
+def plot_reliability(logits, labels, temperature, path, title):
+  """Reliability diagram: per bin of the top probability, accuracy against mean confidence, with and without
+  the temperature; the diagonal is perfect calibration."""
+  fig, ax = plt.subplots(figsize=(5, 5))
+  ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
+  for name, t in (("uncalibrated", 1.0), (f"temperature {temperature:.2f}", temperature)):
+    probabilities = np.exp(calibrate.log_softmax(np.asarray(logits, np.float64) / t))
+    count, confidence, accuracy = calibrate.reliability(probabilities.max(1), probabilities.argmax(1) == labels)
+    used = count > 0
+    ece = calibrate.expected_calibration_error(probabilities, labels)
+    ax.plot(confidence[used], accuracy[used], marker="o", label=f"{name}: ECE {ece:.3f}")
+  ax.set(xlabel="confidence (top probability)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
+  ax.grid(alpha=0.3)
+  ax.legend(loc="upper left", fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def score(workdir):
   """Restores workdir's best model (`inference.load`) and scores the test split that train.py saved with it.
 
@@ -87,6 +107,7 @@ def evaluate(workdir):
       data_source=config.data.source,
       sequences=record["report"]["sequences"],
       leakage=record["report"]["leakage"],
+      calibration=dict(bundle.calibration or {}, **calibrate.test_record(logits, test.labels, bundle.temperature)),
   )
   history = train_lib.read_metrics(workdir)
   out = workdir / "report"
@@ -98,6 +119,8 @@ def evaluate(workdir):
       f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
   )
   plot_learning_curves(history, staging / "learning_curves.png")
+  plot_reliability(logits, test.labels, bundle.temperature, staging / "reliability.png",
+                   f"test {train_lib.test_unit(config)}s, split by {config.split.unit}")
   if out.exists():
     shutil.rmtree(out)
   staging.rename(out)

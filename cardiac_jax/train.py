@@ -9,6 +9,7 @@ A workdir holds everything a run writes:
   data.json        label encoding, input genes, time points, split counts and the leakage audit
   preprocessing.json  the preprocessing fitted on the training cells (preprocess.Preprocessing)
   test_sequences.npz  the test split's sequences and the names of its cells, for eval.py
+  calibration.json the temperature fitted on the validation split (calibrate.py)
   metrics.jsonl    one line per epoch
   checkpoints/     Orbax: best/ (parameters of the best validation accuracy) and latest/ (the full state)
   results.json     final train/val/test accuracy of the best model
@@ -33,6 +34,7 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
+from cardiac_jax import calibrate
 from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax.errors import ConfigError
@@ -480,13 +482,17 @@ def train_and_evaluate(config, workdir):
 
   params, best_meta = restore_best_params(workdir, state.params)
   results = {"best_epoch": best_meta["best_epoch"], "epochs_run": tracker["epoch"], "parameters": n_params}
+  logits = {}
   for name, sequences in data.splits.items():
-    split_metrics, logits = predict(eval_fn, params, sequences, batch_size, steps)
+    split_metrics, logits[name] = predict(eval_fn, params, sequences, batch_size, steps)
     results[f"{name}_accuracy"] = split_metrics["accuracy"]
     results[f"{name}_loss"] = split_metrics["loss"]
-    if name == "test":
-      report = metrics_lib.classification_report(sequences.labels, logits.argmax(-1), data.encoding.classes)
-      results["test_macro_f1"] = report["macro_f1"]
+  report = metrics_lib.classification_report(data.test.labels, logits["test"].argmax(-1), data.encoding.classes)
+  results["test_macro_f1"] = report["macro_f1"]
+  calibration = calibrate.fit(logits["val"], data.val.labels)
+  write_atomic(workdir / "calibration.json", json.dumps(calibration, indent=2))
+  results["calibration"] = dict(calibration, **calibrate.test_record(logits["test"], data.test.labels,
+                                                                      calibration["temperature"]))
   results["train_val_gap"] = results["train_accuracy"] - results["val_accuracy"]
   seconds["total"] = time.perf_counter() - started
   results["seconds"] = seconds

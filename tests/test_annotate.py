@@ -45,7 +45,7 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   root, _, data, _ = run
   bundle = inference.load(root / "run")
   test, names = train.load_test_sequences(root / "run")
-  expected = inference.softmax(inference.predict_logits(bundle, test))
+  expected = inference.probabilities(bundle, inference.predict_logits(bundle, test))
   before = _sha(root / "query.h5ad")
   result, _ = inference.annotate_file(root / "run", root / "query.h5ad", root / "out.h5ad", progress=False)
   assert _sha(root / "query.h5ad") == before  # the input is never modified

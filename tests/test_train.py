@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from cardiac_jax import dataset, train
+from cardiac_jax import calibrate, dataset, train
 from cardiac_jax.errors import ConfigError
 from configs import tiny
 
@@ -165,8 +165,12 @@ def test_eval_restores_in_a_new_process(runs):
   assert report["parameters"] == full["parameters"]
   assert report["leakage"]["cells_in_more_than_one_split"] == 0
   assert np.asarray(report["confusion_matrix"]).sum() == report["sequences"]["test"]["sequences"]
-  for name in ("confusion.png", "learning_curves.png"):
+  for name in ("confusion.png", "learning_curves.png", "reliability.png"):
     assert (workdir / "report" / name).read_bytes()[:4] == b"\x89PNG"
+  calibration = json.loads((workdir / "calibration.json").read_text())
+  assert report["calibration"]["temperature"] == calibration["temperature"] == full["calibration"]["temperature"]
+  assert calibration["val_nll_after"] <= calibration["val_nll_before"]
+  assert report["calibration"]["test_ece_after"] == pytest.approx(full["calibration"]["test_ece_after"], abs=1e-9)
   saved = np.load(workdir / "report" / "test_predictions.npz")
   data = dataset.prepare(config)
   state = train.create_train_state(jax.random.key(0), config, len(saved["classes"]), len(data.genes), config.data.max_len)
@@ -238,3 +242,27 @@ def test_class_weights_steer_the_step():
   zeroed, _ = train.train_step(state, batch, jax.random.key(1), label_smoothing=0.1,
                                class_weights=jnp.array([1.0, 1.0, 0.0]))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), dropped.params, zeroed.params)
+
+
+def test_temperature_scaling_lowers_the_validation_nll_and_keeps_the_labels():
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 4, 2000)
+  honest = rng.normal(size=(2000, 4)) + 1.5 * np.eye(4)[labels]  # logits whose softmax is about right
+  overconfident = 4.0 * honest
+  record = calibrate.fit(overconfident, labels)
+  assert record["temperature"] == pytest.approx(4.0 * calibrate.fit_temperature(honest, labels), rel=1e-3)
+  assert record["val_nll_after"] < record["val_nll_before"] - 0.1
+  assert record["val_ece_after"] < record["val_ece_before"]
+  calibrated = overconfident / record["temperature"]
+  np.testing.assert_array_equal(calibrated.argmax(1), overconfident.argmax(1))
+
+
+def test_expected_calibration_error_by_hand():
+  probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+  labels = np.array([0, 1, 0, 1])
+  # Bins of the top probability: 0.9 (twice, half right), 0.6 (right), 0.7 (right).
+  expected = (2 * abs(0.5 - 0.9) + abs(1 - 0.6) + abs(1 - 0.7)) / 4
+  assert calibrate.expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+  perfect = np.eye(2)[labels]
+  assert calibrate.expected_calibration_error(perfect, labels) == 0
+  assert calibrate.classwise_ece(perfect, labels) == 0
