@@ -268,6 +268,8 @@ def _prepare(config):
       target_sum=data.target_sum,
       min_cells=data.min_cells_per_gene,
       seed=config.seed,
+      selection=data.gene_selection,
+      labels=labels,
   )
   genes, kind = fitted.genes, fitted.kind
   logging.info(f"preprocessed ({kind}): {adata.n_obs:,} cells, {len(genes)} genes chosen on {len(train_cells):,} training cells")

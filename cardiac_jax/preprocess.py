@@ -196,9 +196,48 @@ def seurat_v3_ranking(x, rows, genes, n_top, *, span=0.3, block=20_000):
   return np.sort(genes[np.argsort(-norm_var, kind="stable")[:n_top]])
 
 
+# data.gene_selection: 'hvg' (the seed's highly variable genes, unsupervised) or 'anova' (the genes whose log
+# expression differs most between the training cells' types).
+GENE_SELECTIONS = ("hvg", "anova")
+
+
+def anova_ranking(x, rows, labels, genes, n_top, kind, target_sum, block=20_000):
+  """The `n_top` of `genes` whose log expression differs most between the classes of `rows` (one-way ANOVA F).
+
+  Computed from per-class sums and sums of squares of the log-normalised values over row blocks of `x`, so no
+  dense copy of the training cells is made.
+
+  Args:
+    x: CSR [cells, all genes] holding `kind` values; rows: [n] training cells; labels: [n] their class ids.
+    genes: [g] int candidate genes; n_top: how many to return.
+
+  Returns:
+    [n_top] int indices into x's genes, in increasing order.
+  """
+  rows, labels, genes = np.asarray(rows), np.asarray(labels), np.asarray(genes)
+  n_classes = int(labels.max()) + 1
+  sums = np.zeros((n_classes, len(genes)))
+  squares = np.zeros(len(genes))
+  for lo in range(0, len(rows), block):
+    part = log_columns(x[rows[lo : lo + block]], genes, kind, target_sum, dense=False).astype(np.float64)
+    members = sp.csr_matrix((np.ones(part.shape[0]), (labels[lo : lo + block], np.arange(part.shape[0]))),
+                            shape=(n_classes, part.shape[0]))
+    sums += (members @ part).toarray()
+    squares += np.asarray(part.multiply(part).sum(0)).ravel()
+  counts = np.bincount(labels, minlength=n_classes).astype(np.float64)[:, None]
+  present = counts[:, 0] > 0
+  means = sums[present] / counts[present]
+  grand = sums.sum(0) / len(rows)
+  between = (counts[present] * (means - grand) ** 2).sum(0) / max(present.sum() - 1, 1)
+  within = (squares - (counts[present] * means**2).sum(0)) / max(len(rows) - present.sum(), 1)
+  f = np.where(within > 1e-12, between / np.maximum(within, 1e-12), 0.0)
+  return np.sort(genes[np.argsort(-f, kind="stable")[:n_top]])
+
+
 def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", hvg_flavor="seurat_v3", target_sum=1e4,
-                         min_cells=3):
-  """Normalises every cell and selects `n_genes` highly variable genes on the training cells only.
+                         min_cells=3, selection="hvg", labels=None):
+  """Normalises every cell and selects `n_genes` genes on the training cells only: highly variable genes, or
+  with selection='anova' the genes that differ most between the training cells' types (`anova_ranking`).
 
   seurat_v3 ranks genes on raw counts, so with count data the genes are chosen before normalisation; other
   data (or flavours) are log-normalised first and ranked with 'seurat'. Only genes detected in at least
@@ -211,6 +250,7 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
     train_cells: [n_train] int indices of the cells that may inform the gene choice.
     n_genes: genes to keep (at most the number of genes).
     normalization: one of NORMALIZATIONS.
+    selection: one of GENE_SELECTIONS; labels: [cells] int class ids (for 'anova').
 
   Returns:
     (x, genes, kind): x [cells, n_genes] float32 log expression, the chosen gene names (in adata's order),
@@ -228,7 +268,12 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
   if len(ranked) < n_genes:
     raise DataError(path, f"only {len(ranked)} genes are detected in >= {min_cells} training cells; "
                           f"data.n_genes={n_genes} cannot be chosen")
-  if on_counts:
+  if selection not in GENE_SELECTIONS:
+    raise ConfigError(f"data.gene_selection must be one of {GENE_SELECTIONS}, got {selection!r}")
+  if selection == "anova":
+    train_cells = np.asarray(train_cells)
+    chosen = anova_ranking(x, train_cells, np.asarray(labels)[train_cells], ranked, n_genes, kind, target_sum)
+  elif on_counts:
     chosen = seurat_v3_ranking(x, train_cells, ranked, n_genes)
   else:
     train_log = anndata.AnnData(log_columns(x[np.asarray(train_cells)], ranked, kind, target_sum, dense=False))
@@ -356,7 +401,7 @@ def check_kind(x, normalization, path):
 
 
 def fit(adata, train_cells, *, n_genes, normalization="auto", hvg_flavor="seurat_v3", target_sum=1e4, min_cells=3,
-        seed=0):
+        seed=0, selection="hvg", labels=None):
   """Fits the preprocessing on the training cells of a quality-controlled AnnData.
 
   Returns:
@@ -365,7 +410,7 @@ def fit(adata, train_cells, *, n_genes, normalization="auto", hvg_flavor="seurat
   """
   x, genes, kind = normalize_and_select(
       adata, train_cells, n_genes=n_genes, normalization=normalization, hvg_flavor=hvg_flavor,
-      target_sum=target_sum, min_cells=min_cells)
+      target_sum=target_sum, min_cells=min_cells, selection=selection, labels=labels)
   train_x = x[np.asarray(train_cells)]
   if len(train_x) > PCA_MAX_CELLS:
     train_x = train_x[np.sort(np.random.default_rng([seed, 4]).choice(len(train_x), PCA_MAX_CELLS, replace=False))]

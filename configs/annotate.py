@@ -11,6 +11,9 @@ from configs import default
 # The settings that make configs/default.py's model an annotation model (the suite's 'annotate' scale).
 ANNOTATE = {
     "data.sequence_mode": "anchored",
+    # The 200 genes that best separate the training cells' types (ANOVA F), not the 200 most variable: on the
+    # built-in data a per-cell logistic regression gets 0.82 on held-out donors with them, 0.73 with HVGs.
+    "data.gene_selection": "anova",
     "data.context_k": 5,
     "data.n_spatial": 0,
     # Read out the labelled cell's own step (after the LSTM and attention mixed in its context). The seed's

@@ -48,6 +48,9 @@ def get_config():
   config.data.target_sum = 1e4
   # Genes fed to the model: highly variable genes chosen on training cells (seed's input_dim).
   config.data.n_genes = 200
+  # How the genes are chosen on training cells: 'hvg' (the seed's highly variable genes) or 'anova' (those whose
+  # log expression differs most between the training cells' types, by the one-way ANOVA F statistic).
+  config.data.gene_selection = "hvg"
   # Genes ranked for that choice: those detected in at least this many training cells.
   config.data.min_cells_per_gene = 3
   # HVG flavour for count data; log/linear data use 'seurat' (seurat_v3 needs counts).

@@ -10,7 +10,7 @@ import scanpy as sc
 import scipy.sparse as sp
 
 from cardiac_jax import preprocess
-from cardiac_jax.errors import DataError
+from cardiac_jax.errors import ConfigError, DataError
 
 
 def _adata(x, days, labels, donors=None):
@@ -133,3 +133,26 @@ def test_log_normalized_columns_equal_scanpys_whole_matrix():
   assert out.dtype == np.float32 and out.shape == (300, 40)
   np.testing.assert_array_equal(out, adata.X[:, columns].toarray())
   assert np.abs(out).sum() > 0 and not out[5].any()
+
+
+def test_anova_ranking_equals_sklearns_f_statistic():
+  """Genes ranked by the one-way ANOVA F of their log-normalised values among training cells, block by block."""
+  from sklearn.feature_selection import f_classif
+
+  rng = np.random.default_rng(0)
+  counts = rng.poisson(2.0, size=(300, 40)).astype(np.float32)
+  labels = rng.integers(0, 3, 300)
+  counts[labels == 1, 5] = counts[labels == 1, 5] * 4 + 3  # gene 5 marks class 1
+  x = sp.csr_matrix(counts)
+  rows = np.arange(0, 300, 2)
+  genes = np.arange(2, 40)
+  chosen = preprocess.anova_ranking(x, rows, labels[rows], genes, 10, "counts", 1e4, block=37)
+  f, _ = f_classif(preprocess.log_columns(x[rows], genes, "counts", 1e4), labels[rows])
+  np.testing.assert_array_equal(chosen, np.sort(genes[np.argsort(-f)[:10]]))
+  assert 5 in chosen and not set(chosen) & {0, 1}  # only candidate genes
+  adata = anndata.AnnData(x)
+  out, names, _ = preprocess.normalize_and_select(adata, rows, n_genes=10, selection="anova", labels=labels)
+  assert list(names) == [adata.var_names[g] for g in preprocess.anova_ranking(
+      x, rows, labels[rows], np.flatnonzero(preprocess.detected_in(x, rows) >= 3), 10, "counts", 1e4)]
+  with pytest.raises(ConfigError, match="gene_selection"):
+    preprocess.normalize_and_select(adata, rows, n_genes=10, selection="lasso", labels=labels)
