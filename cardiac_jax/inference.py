@@ -33,8 +33,11 @@ from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import anchored_sequences, cell_sequences
 
 UNASSIGNED = "Unassigned"
-# Cells whose sequences are built and predicted at a time (bounds memory at atlas size).
+# Cells whose sequences are built and predicted at a time (bounds memory at atlas size), and sequences per
+# forward pass when annotating: far more than a training batch, since a CPU runs large products much faster
+# per sequence than the training batch's (the logits of a sequence do not depend on its batch).
 ANNOTATE_CHUNK = 20_000
+ANNOTATE_BATCH = 1024
 # What annotation writes into the AnnData.
 LABEL_KEY = "cardiac_jax_label"
 CONFIDENCE_KEY = "cardiac_jax_confidence"
@@ -115,13 +118,14 @@ def make_predict_fn(apply_fn):
   return jax.jit(lambda params, batch: train_lib.predict_step(params, apply_fn, batch))
 
 
-def predict_logits(bundle, sequences, predict_fn=None):
-  """[n, classes] float32 logits of every sequence, in batches of the run's batch size; needs no labels."""
+def predict_logits(bundle, sequences, predict_fn=None, batch_size=None):
+  """[n, classes] float32 logits of every sequence, in batches (default: the run's batch size); needs no labels."""
   predict_fn = predict_fn or make_predict_fn(bundle.apply_fn)
   if not len(sequences):
     return np.zeros((0, len(bundle.classes)), np.float32)
   outputs = []
-  for batch in batching.iterate(sequences, bundle.batch_size, steps=batching.used_steps(sequences)):
+  batches = batching.iterate(sequences, batch_size or bundle.batch_size, steps=batching.used_steps(sequences))
+  for batch in batches:
     logits = np.asarray(predict_fn(bundle.params, {"x": batch["x"], "lengths": batch["lengths"]}))
     outputs.append(logits[batch["mask"] > 0])
   return np.concatenate(outputs)
@@ -188,7 +192,8 @@ def predict_cells(bundle, x, times, groups=None, progress=True):
   for lo in range(0, len(x), ANNOTATE_CHUNK):
     cells = np.arange(lo, min(lo + ANNOTATE_CHUNK, len(x)))
     sequences = query_sequences(bundle, x, embedding, times, cells, groups)
-    out[cells] = probabilities(bundle, predict_logits(bundle, sequences, predict_fn))
+    batch_size = min(ANNOTATE_BATCH, len(x))
+    out[cells] = probabilities(bundle, predict_logits(bundle, sequences, predict_fn, batch_size))
     bar.update(len(cells))
   bar.close()
   return out
