@@ -17,6 +17,9 @@ not part of the comparison):
                     (normalize_total to 1e4, log1p), labels 'type', feature_selection=True with top_genes=300 (the
                     recipe of CellTypist's tutorial for a custom model), its defaults otherwise; Model.write
 
+Everything setup makes lives in <cache-dir>/annotate_benchmark/ and is reused as it is (models are not retrained
+when configs/annotate.py changes: delete the folder for that).
+
 Timed, each in its own process under `/usr/bin/time -v` (wall time, peak resident memory), both reading
 query.h5ad and writing an annotated .h5ad:
   cardiac_jax       python annotate.py --workdir=<model> --input=query.h5ad --output=<tmp>.h5ad: X read in row
