@@ -4,6 +4,8 @@ All but the parameter-count test use a small model (12 genes, hidden 8, 2 heads,
 input shapes, since every new shape is an XLA compile.
 """
 
+import functools
+
 from absl.testing import absltest
 from absl.testing import parameterized
 import chex
@@ -206,24 +208,25 @@ class AnchorPoolingTest(absltest.TestCase):
     return x.at[..., -1].set(flag), lengths
 
   def test_pools_the_anchor_step(self):
-    mean = model_lib.EnhancedCardiacRNN(**SMALL)
-    anchor = model_lib.EnhancedCardiacRNN(**SMALL, pooling='anchor')
+    mean_model = model_lib.EnhancedCardiacRNN(**SMALL)
+    anchor_model = model_lib.EnhancedCardiacRNN(**SMALL, pooling='anchor')
+    mean = jax.jit(functools.partial(mean_model.apply, train=False))
+    anchor = jax.jit(functools.partial(anchor_model.apply, train=False))
     x, lengths = self._anchored([0, 0, 0], [1, 1, 1])
-    params = mean.init(jax.random.key(0), x, lengths, train=False)
+    params = jax.jit(functools.partial(mean_model.init, train=False))(jax.random.key(0), x, lengths)
     # One valid step: the anchor's state is the mean, and the parameters are the same.
-    np.testing.assert_allclose(anchor.apply(params, x, lengths, train=False),
-                               mean.apply(params, x, lengths, train=False), atol=1e-6)
+    np.testing.assert_allclose(anchor(params, x, lengths), mean(params, x, lengths), atol=1e-6)
     x, lengths = self._anchored([0, 2, 4], [5, 5, 5])
     moved, _ = self._anchored([3, 2, 1], [5, 5, 5])
     moved = x.at[..., -1].set(moved[..., -1])
-    a = anchor.apply(params, x, lengths, train=False)
-    b = anchor.apply(params, moved, lengths, train=False)
+    a = anchor(params, x, lengths)
+    b = anchor(params, moved, lengths)
     self.assertGreater(float(jnp.abs(a[0] - b[0]).max()), 1e-4)  # another anchor, another readout
     np.testing.assert_allclose(a[1], b[1], atol=1e-6)  # same anchor, same everything
     padded = x.at[:, 3:].set(jnp.where(jnp.arange(5)[3:, None] >= 3, 50.0, 0.0))
     shorter = jnp.asarray([3, 3, 3])
-    np.testing.assert_allclose(anchor.apply(params, padded[:2], shorter[:2], train=False),
-                               anchor.apply(params, x[:2].at[:, 3:].set(0.0), shorter[:2], train=False),
+    np.testing.assert_allclose(anchor(params, padded[:2], shorter[:2]),
+                               anchor(params, x[:2].at[:, 3:].set(0.0), shorter[:2]),
                                atol=1e-5)  # padding does not matter
 
   def test_unknown_pooling(self):
