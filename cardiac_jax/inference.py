@@ -302,7 +302,7 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
     gene_key: var column of gene names (default var_names); normalization: 'auto' or what X holds.
     min_confidence: cells whose top probability is below this are labelled 'Unassigned'.
   """
-  path = adata.uns.get("source_path", "<AnnData>") if isinstance(adata, anndata.AnnData) else "<AnnData>"
+  path = preprocess.source_path(adata) if isinstance(adata, anndata.AnnData) else "<AnnData>"
   result = _annotation(bundle, adata, path, time_key=time_key, donor_key=donor_key, gene_key=gene_key,
                        normalization=normalization, min_confidence=min_confidence, progress=progress)
   out = adata.to_memory() if adata.isbacked else adata.copy()

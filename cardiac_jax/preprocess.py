@@ -27,6 +27,13 @@ def natural_key(value):
   return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(value))]
 
 
+def source_path(adata):
+  """The file an AnnData came from, for error messages: a backed file, uns['source_path'], or '<AnnData>'."""
+  if adata.isbacked:
+    return str(adata.filename)
+  return adata.uns.get("source_path", "<AnnData>")
+
+
 def _missing(values):
   """[cells] bool: missing or empty entries of an obs column."""
   values = pd.Series(values)
@@ -48,7 +55,7 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
     (adata, time_points, report): the kept cells (a copy if any cell is dropped), the ordered time points, and
     a dict of counts.
   """
-  path = adata.uns.get("source_path", "<AnnData>")
+  path = source_path(adata)
   for role, key in (("time", time_key), ("label", label_key), ("donor", donor_key)):
     if key and key not in adata.obs.columns:
       raise DataError(path, f"no {role} column {key!r}; columns are {list(adata.obs.columns)}")
@@ -256,7 +263,7 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
     (x, genes, kind): x [cells, n_genes] float32 log expression, the chosen gene names (in adata's order),
     and the normalisation kind used.
   """
-  path = adata.uns.get("source_path", "<AnnData>")
+  path = source_path(adata)
   if normalization not in NORMALIZATIONS:
     raise ConfigError(f"data.normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
   kind = detect_normalization(adata.X) if normalization == "auto" else normalization
@@ -358,7 +365,7 @@ class Preprocessing:
     Returns:
       (x, report): report has 'normalization' (the kind used) and 'missing_genes' (model genes the data lack).
     """
-    path = adata.uns.get("source_path", "<AnnData>") if not adata.isbacked else str(adata.filename)
+    path = source_path(adata)
     names = _gene_names(adata, gene_key, path)
     columns, missing = self.match_genes(names, path)
     blocks = (_csr(adata.X[lo : lo + TRANSFORM_BLOCK]) for lo in range(0, adata.n_obs, TRANSFORM_BLOCK))
