@@ -26,6 +26,11 @@ def log_softmax(logits):
   return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
+def softmax(logits, temperature=1.0):
+  """[n, classes] float64 softmax(logits / temperature)."""
+  return np.exp(log_softmax(np.asarray(logits, np.float64) / temperature))
+
+
 def nll(logits, labels, temperature=1.0):
   """Mean negative log-likelihood of labels [n] under softmax(logits [n, classes] / temperature)."""
   logits = np.asarray(logits, np.float64) / temperature
@@ -82,8 +87,7 @@ def classwise_ece(probabilities, labels, bins=ECE_BINS):
 def fit(val_logits, val_labels):
   """The calibration record of a run: the temperature and the validation NLL and ECE before and after it."""
   temperature = fit_temperature(val_logits, val_labels)
-  before = np.exp(log_softmax(np.asarray(val_logits, np.float64)))
-  after = np.exp(log_softmax(np.asarray(val_logits, np.float64) / temperature))
+  before, after = softmax(val_logits), softmax(val_logits, temperature)
   return {
       "method": "temperature",
       "temperature": temperature,
@@ -98,7 +102,7 @@ def test_record(logits, labels, temperature):
   """Test NLL and top-label and class-wise ECE without and with the temperature."""
   record = {}
   for name, t in (("before", 1.0), ("after", temperature)):
-    probabilities = np.exp(log_softmax(np.asarray(logits, np.float64) / t))
+    probabilities = softmax(logits, t)
     record[f"test_nll_{name}"] = nll(logits, labels, t)
     record[f"test_ece_{name}"] = expected_calibration_error(probabilities, labels)
     record[f"test_classwise_ece_{name}"] = classwise_ece(probabilities, labels)

@@ -133,7 +133,7 @@ def predict_logits(bundle, sequences, predict_fn=None, batch_size=None):
 
 def probabilities(bundle, logits):
   """[n, classes] float32 calibrated class probabilities: softmax(logits / the bundle's temperature)."""
-  return np.exp(calibrate.log_softmax(np.asarray(logits, np.float64) / bundle.temperature)).astype(np.float32)
+  return calibrate.softmax(logits, bundle.temperature).astype(np.float32)
 
 
 def time_indices(bundle, values, path, time_key):
@@ -142,7 +142,7 @@ def time_indices(bundle, values, path, time_key):
   A missing value or a time point the model never saw is a DataError naming `path` and the column.
   """
   values = pd.Series(np.asarray(values, dtype=object))
-  missing = values.isna().to_numpy() | values.astype(str).str.strip().isin(["", "nan", "NaN", "None"]).to_numpy()
+  missing = preprocess.missing(values)
   if missing.any():
     raise DataError(path, f"{int(missing.sum())} cells have no value in the time column {time_key!r}")
   names = values.astype(str).to_numpy()

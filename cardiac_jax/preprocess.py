@@ -34,7 +34,7 @@ def source_path(adata):
   return adata.uns.get("source_path", "<AnnData>")
 
 
-def _missing(values):
+def missing(values):
   """[cells] bool: missing or empty entries of an obs column."""
   values = pd.Series(values)
   return values.isna().to_numpy() | (values.astype(str).str.strip().isin(["", "nan", "NaN", "None"])).to_numpy()
@@ -66,7 +66,7 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
   if n_nonfinite:
     values[bad] = 0
   times = adata.obs[time_key].astype(object)
-  no_time = _missing(times)
+  no_time = missing(times)
   present = sorted({str(t) for t in times[~no_time]}, key=natural_key)
   if time_order:
     unknown = [t for t in present if t not in {str(o) for o in time_order}]
@@ -75,8 +75,8 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
     time_points = tuple(str(t) for t in time_order)
   else:
     time_points = tuple(present)
-  no_label = _missing(adata.obs[label_key])
-  no_donor = _missing(adata.obs[donor_key]) if donor_key else np.zeros(adata.n_obs, bool)
+  no_label = missing(adata.obs[label_key])
+  no_donor = missing(adata.obs[donor_key]) if donor_key else np.zeros(adata.n_obs, bool)
   totals = np.asarray(x.sum(axis=1)).ravel()
   no_counts = totals <= 0
   keep = ~(no_time | no_label | no_donor | no_counts)

@@ -64,7 +64,7 @@ def plot_reliability(logits, labels, temperature, path, title):
   fig, ax = plt.subplots(figsize=(5, 5))
   ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
   for name, t in (("uncalibrated", 1.0), (f"temperature {temperature:.2f}", temperature)):
-    probabilities = np.exp(calibrate.log_softmax(np.asarray(logits, np.float64) / t))
+    probabilities = calibrate.softmax(logits, t)
     count, confidence, accuracy = calibrate.reliability(probabilities.max(1), probabilities.argmax(1) == labels)
     used = count > 0
     ece = calibrate.expected_calibration_error(probabilities, labels)
