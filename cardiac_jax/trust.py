@@ -90,9 +90,22 @@ def _calibration_row(method, confidence, correct, probabilities, labels):
           "classwise_ece": calibrate.classwise_ece(probabilities, labels)}
 
 
+def _scored_once(path, score):
+  """score()'s JSON-ready result, kept at `path` so that a resumed loop does not score a finished run again."""
+  if path.exists():
+    return json.loads(path.read_text())
+  result = score()
+  train.write_atomic(path, json.dumps(result, indent=2))
+  return result
+
+
 def score_fold(name, config, workdir, adata):
-  """One run of the donor loop scored on its test cells: calibration rows, per-donor rows and the
-  (confidence, correct) pairs of each method for the reliability diagram."""
+  """One run of the donor loop scored on its test cells (kept in the run's trust.json): calibration rows,
+  per-donor rows and, per method, the confidences and whether the label was right (reliability diagram)."""
+  return _scored_once(pathlib.Path(workdir) / "trust.json", lambda: _score_fold(name, config, workdir, adata))
+
+
+def _score_fold(name, config, workdir, adata):
   bundle, test, logits, _ = report.score(workdir)
   data = dataset.prepare(config)
   if not np.array_equal(data.test.labels, test.labels):
@@ -126,14 +139,21 @@ def score_fold(name, config, workdir, adata):
       scored = metrics.classification_report(labels[cells], predicted[cells], bundle.classes)
       row[method] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"]}
     per_donor.append(row)
-  return rows, per_donor, confidences
+  pairs = {m: {"confidence": np.asarray(c, float).tolist(), "correct": np.asarray(r, bool).tolist()}
+           for m, (c, r) in confidences.items()}
+  return {"calibration": rows, "per_donor": per_donor, "confidences": pairs}
 
 
 
 def score_unseen(cell_type, config, workdir, adata):
   """One run that never saw `cell_type`: every cell of its held-out donors (the unseen type's included) is
   annotated as a new time course; returns the row of that type (AUROC and Unassigned shares per score,
-  beside CellTypist's 'prob match')."""
+  beside CellTypist's 'prob match'), kept in the run's trust.json."""
+  return _scored_once(pathlib.Path(workdir) / "trust.json",
+                      lambda: _score_unseen(cell_type, config, workdir, adata))
+
+
+def _score_unseen(cell_type, config, workdir, adata):
   bundle = inference.load(workdir)
   data = dataset.prepare(config)
   donor_key, label_key = config.data.donor_key, config.data.label_key
@@ -175,12 +195,13 @@ def donor_loop(config, workdir, folds=FOLDS):
     logging.info("trust: donor loop, %s", name)
     trained(run_config, run_dir)
     adata = adata if adata is not None else _cells_obs(run_config)
-    rows, donors, confidences = score_fold(name, run_config, run_dir, adata)
-    calibration += rows
-    per_donor += donors
-    for method, (confidence, correct) in confidences.items():
+    scored = score_fold(name, run_config, run_dir, adata)
+    calibration += scored["calibration"]
+    per_donor += scored["per_donor"]
+    for method, pair in scored["confidences"].items():
       previous = pooled.get(method, (np.zeros(0), np.zeros(0, bool)))
-      pooled[method] = (np.concatenate([previous[0], confidence]), np.concatenate([previous[1], correct]))
+      pooled[method] = (np.concatenate([previous[0], pair["confidence"]]),
+                        np.concatenate([previous[1], np.asarray(pair["correct"], bool)]))
   record = {"folds": folds, "wall_seconds": time.perf_counter() - started, "calibration": calibration,
             "calibration_summary": _summary(calibration, "method", ("accuracy", "ece", "classwise_ece")),
             "per_donor": per_donor, "worst_donor": _worst(per_donor)}
