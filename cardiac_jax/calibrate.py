@@ -10,10 +10,11 @@ Measures: `expected_calibration_error` (top-label ECE over equal-width bins of t
 class-wise version, and `reliability` (the per-bin table a reliability diagram draws).
 """
 
-import json
 import pathlib
 
 import numpy as np
+
+from cardiac_jax import integrity
 
 # Equal-width bins of the top probability for ECE and reliability diagrams.
 ECE_BINS = 15
@@ -112,4 +113,4 @@ def test_record(logits, labels, temperature):
 def load(workdir):
   """A workdir's calibration record (calibration.json), or None for a run trained before calibration existed."""
   path = pathlib.Path(workdir) / "calibration.json"
-  return json.loads(path.read_text()) if path.exists() else None
+  return integrity.read_json(path) if path.exists() else None

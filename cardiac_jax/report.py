@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
-from cardiac_jax import calibrate, inference
+from cardiac_jax import calibrate, inference, integrity
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import train as train_lib
 from cardiac_jax.model import count_params
@@ -87,6 +87,7 @@ def score(workdir):
     (bundle, test Sequences, logits [n, classes], classification report of the test split).
   """
   bundle = inference.load(workdir)
+  integrity.check_test_digest(bundle.workdir / "test_sequences.npz", bundle.record)
   test, _ = train_lib.load_test_sequences(bundle.workdir)
   logits = inference.predict_logits(bundle, test)
   return bundle, test, logits, metrics_lib.classification_report(test.labels, logits.argmax(-1), bundle.classes)
@@ -109,6 +110,7 @@ def evaluate(workdir):
       leakage=record["report"]["leakage"],
       calibration=dict(bundle.calibration or {}, **calibrate.test_record(logits, test.labels, bundle.temperature)),
   )
+  integrity.check_finite_record(report, workdir / "report" / "report.json")
   history = train_lib.read_metrics(workdir)
   out = workdir / "report"
   staging = pathlib.Path(tempfile.mkdtemp(prefix=".report-", dir=workdir))
