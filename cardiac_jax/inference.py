@@ -141,7 +141,7 @@ def time_indices(bundle, values, path, time_key):
   missing = preprocess.missing(values)
   if missing.any():
     raise DataError(path, f"{int(missing.sum())} cells have no value in the time column {time_key!r}")
-  names = values.astype(str).to_numpy()
+  names = values.astype(str).str.strip().to_numpy()  # as training reads them (preprocess.quality_control)
   index = {t: i for i, t in enumerate(bundle.time_points)}
   unknown = sorted(set(names.tolist()) - set(index), key=preprocess.natural_key)
   if unknown:
