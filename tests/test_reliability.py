@@ -82,9 +82,9 @@ def test_non_finite_logits_are_refused_and_never_reported(run, copy):
   test, _ = train.load_test_sequences(copy)
   message = _error(lambda: inference.predict_logits(broken, test))
   assert "non-finite logits" in message and "checkpoints/best" in message
-  results = tmp_path_results = copy / "nan.json"
+  results = copy / "nan.json"
   message = _error(lambda: integrity.check_finite_record({"test_accuracy": float("nan")}, results))
-  assert str(tmp_path_results) in message and "test_accuracy is nan" in message
+  assert str(results) in message and "test_accuracy is nan" in message
   assert "NaN" not in (run[0] / "results.json").read_text()
 
 
@@ -309,14 +309,15 @@ def test_interrupted_simulations_leave_no_partial_folders(tmp_path, monkeypatch)
 
   monkeypatch.setattr(simulate, "_write_mtx", interrupted)
   with pytest.raises(KeyboardInterrupt):
-    simulate.write_gse175634(tmp_path / "GSE175634", n_cells=60, n_genes=30, n_donors=3)
+    simulate.write_gse175634(tmp_path / "GSE175634", n_cells=60, n_genes=50, n_donors=3)
   assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_says_where_to_resume_and_the_resumed_run_equals_an_uninterrupted_one(run, cache_dir):
-  """SIGINT after the first epoch's metrics line: one line naming the workdir; resuming gives the same
-  metrics.jsonl (timings aside) and results.json as the uninterrupted run."""
-  full, config, full_results = run
+def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cache_dir):
+  """SIGINT after the first epoch's metrics line: one line naming the workdir, and a workdir whose metrics.jsonl
+  holds exactly the epochs it has checkpoints for, with the uninterrupted run's numbers (that a resumed run then
+  ends with the same files is test_train.py's test_runs_are_deterministic_and_resume_exactly)."""
+  full, _, _ = run
   workdir = full.parent / "interrupted"
   process = subprocess.Popen(
       [sys.executable, "train.py", "--config=configs/tiny.py", f"--config.data.cache_dir={cache_dir}",
@@ -330,8 +331,6 @@ def test_ctrl_c_says_where_to_resume_and_the_resumed_run_equals_an_uninterrupted
   line = _one_error_line(subprocess.CompletedProcess(process.args, process.returncode, "", stderr))
   assert line.startswith(f"error: {workdir}: interrupted in epoch") and "run the same command again to resume" in line
   saved = _history(workdir)
-  resumed = train.train_and_evaluate(config, workdir) if len(saved) < 3 else None
-  assert _history(workdir)[:3] == _history(full)
-  if resumed is not None:
-    assert {k: v for k, v in resumed.items() if k != "seconds"} == {
-        k: v for k, v in full_results.items() if k != "seconds"}
+  latest = int(json.loads((workdir / "checkpoints" / "latest.sha256.json").read_text())["step"])
+  assert [r["epoch"] for r in saved] == list(range(1, latest + 1))
+  assert saved[:3] == _history(full)[: len(saved)]
