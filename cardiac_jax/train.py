@@ -237,9 +237,16 @@ def config_to_json(config):
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
+# Model options added after runs were written with Flax's defaults: a config.json without them gets these, so an
+# older run's model is restored as it was trained.
+EARLIER_MODEL_DEFAULTS = {"layer_norm_eps": 1e-6, "attention_dropout_per_sequence": False}
+
+
 def load_config(workdir):
   """The ConfigDict a workdir's run used."""
-  return ml_collections.ConfigDict(integrity.read_json(pathlib.Path(workdir) / "config.json"))
+  saved = integrity.read_json(pathlib.Path(workdir) / "config.json")
+  saved["model"] = dict(EARLIER_MODEL_DEFAULTS, **saved.get("model", {}))
+  return ml_collections.ConfigDict(saved)
 
 
 class Checkpoints:

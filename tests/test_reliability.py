@@ -181,6 +181,15 @@ def test_split_fractions_must_be_three_positive_summing_to_one(config, tmp_path,
 
 # 2. Never a traceback for a user's mistake.
 
+def test_a_workdir_from_before_the_pytorch_layer_norm_default_keeps_its_model(copy):
+  saved = json.loads((copy / "config.json").read_text())
+  for field in train.EARLIER_MODEL_DEFAULTS:
+    del saved["model"][field]
+  (copy / "config.json").write_text(json.dumps(saved))
+  assert train.load_config(copy).model.layer_norm_eps == 1e-6
+  assert not train.load_config(copy).model.attention_dropout_per_sequence
+
+
 def test_a_misspelt_field_in_a_config_file_names_the_closest(config):
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.hiden_dim = 64
@@ -243,6 +252,7 @@ def test_a_workdir_that_is_a_file(config, tmp_path):
     ("config.json", lambda p: p.write_text(p.read_text()[:40]), "config.json: truncated or damaged"),
     ("data.json", lambda p: p.write_text(p.read_text()[:40]), "data.json: truncated or damaged"),
     ("metrics.jsonl", lambda p: p.write_text(p.read_text()[:-30]), "metrics.jsonl: line 3 is truncated"),
+    ("calibration.json", lambda p: p.write_text("{"), "calibration.json: truncated or damaged"),
 ])
 def test_missing_or_truncated_run_files(copy, name, damage, expected):
   damage(copy / name)
