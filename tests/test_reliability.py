@@ -296,6 +296,23 @@ def test_a_second_run_on_one_workdir_is_refused_at_start(run, monkeypatch):
   assert _files(workdir) == before
 
 
+def test_the_lock_holds_across_processes_and_dies_with_a_killed_run(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time\nfrom cardiac_jax import integrity\n"
+       f"with integrity.workdir_lock({str(tmp_path)!r}):\n  print('locked', flush=True)\n  time.sleep(600)"],
+      cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(integrity.ConfigError, match="another run is writing"):
+      with integrity.workdir_lock(tmp_path):
+        pass
+  finally:
+    holder.kill()  # SIGKILL: no chance to clean up
+    holder.wait()
+  with integrity.workdir_lock(tmp_path):  # no stale lock
+    pass
+
+
 def test_a_workdir_of_another_config_is_refused_before_data_preparation(copy, run, monkeypatch):
   config = run[1].copy_and_resolve_references()
   config.seed = 5
