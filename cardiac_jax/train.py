@@ -521,11 +521,16 @@ def _epoch(config, workdir, epoch, data, state, step, eval_fn, plateau, tracker,
       batching.iterate(data.train, batch_size, shuffle, steps), total=n_batches, desc=f"epoch {epoch}", leave=False,
       disable=None
   )
-  sums = {}
+  sums, previous = {}, None
   for index, batch in enumerate(batches, 1):
     state, batch_sums = step(state, batch, dropout_rng)
-    _check_finite_loss(float(batch_sums["loss"]), workdir, f"training loss of epoch {epoch}, step {index}", tracker)
+    # Each step's loss is read once the next step is dispatched, so the check never stalls the pipeline.
+    if previous:
+      _check_finite_loss(float(previous[1]), workdir, f"training loss of epoch {epoch}, step {previous[0]}", tracker)
+    previous = (index, batch_sums["loss"])
     sums = metrics_lib.add(sums, batch_sums)
+  if previous:
+    _check_finite_loss(float(previous[1]), workdir, f"training loss of epoch {epoch}, step {previous[0]}", tracker)
   train_metrics = metrics_lib.normalize(sums)
   train_seconds = time.perf_counter() - start
   val_metrics, _ = predict(eval_fn, state.params, data.val, batch_size, steps)
