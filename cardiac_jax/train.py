@@ -548,14 +548,14 @@ def _epoch(config, workdir, epoch, data, state, step, eval_fn, plateau, tracker,
       "sequences_per_second": len(data.train) / train_seconds,
       "seconds": time.perf_counter() - start,
   }
-  history.append(record)
-  write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-  checkpoints.save(epoch, state, dict(tracker, val_accuracy=val_metrics["accuracy"]), improved)
   logging.info(
       "epoch %3d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f seq/s%s",
       epoch, record["train_loss"], record["train_accuracy"], record["val_loss"], record["val_accuracy"],
       learning_rate, record["sequences_per_second"], "  *best" if improved else "",
   )
+  history.append(record)
+  write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+  checkpoints.save(epoch, state, dict(tracker, val_accuracy=val_metrics["accuracy"]), improved)
   return state, tracker
 
 
