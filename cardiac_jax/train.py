@@ -386,7 +386,7 @@ def claimed_workdir(config, workdir):
     raise ConfigError(f"{workdir}: is a file, not a workdir folder; name another --workdir")
   saved = workdir / "config.json"
   if saved.exists():
-    before = integrity.read_json(saved)
+    before = json.loads(config_to_json(load_config(workdir)))
     now = json.loads(config_to_json(config))
     before["train"].pop("num_epochs", None)
     now["train"].pop("num_epochs", None)
