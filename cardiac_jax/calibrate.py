@@ -15,11 +15,12 @@ calibration record keeps the quantiles of each score on the validation cells (al
 threshold can be chosen that keeps a stated share of known cells assigned (`threshold`).
 """
 
-import json
 import pathlib
 
 import numpy as np
 import scipy.optimize
+
+from cardiac_jax import integrity
 
 # Equal-width bins of the top probability for ECE and reliability diagrams.
 ECE_BINS = 15
@@ -183,4 +184,4 @@ def test_record(logits, labels, temperature):
 def load(workdir):
   """A workdir's calibration record (calibration.json), or None for a run trained before calibration existed."""
   path = pathlib.Path(workdir) / "calibration.json"
-  return json.loads(path.read_text()) if path.exists() else None
+  return integrity.read_json(path) if path.exists() else None

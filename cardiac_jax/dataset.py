@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pathlib
+import zipfile
 
 import numpy as np
 import scanpy as sc
@@ -228,8 +229,14 @@ def prepare(config):
     return _prepare(config)
   path = pathlib.Path(config.data.cache_dir).expanduser() / "prepared" / f"{cache_key(config)}.npz"
   if path.exists():
-    logging.info(f"prepared data read from the cache {path}")
-    return _load_saved(path)
+    try:
+      dataset = _load_saved(path)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+      logging.warning(f"the prepared-data cache {path} is damaged ({type(e).__name__}: {e}); preparing the data "
+                      "again and rewriting it")
+    else:
+      logging.info(f"prepared data read from the cache {path}")
+      return dataset
   dataset = _prepare(config)
   _save(dataset, path)
   logging.info(f"prepared data cached in {path}")

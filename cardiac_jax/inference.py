@@ -27,7 +27,7 @@ from absl import logging
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import calibrate, preprocess, readers
+from cardiac_jax import calibrate, integrity, preprocess, readers
 from cardiac_jax import train as train_lib
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import anchored_sequences, cell_sequences
@@ -87,23 +87,17 @@ class Bundle:
     return self.record["batch_size"]
 
 
-def _read_json(path):
-  if not path.exists():
-    raise ConfigError(f"{path}: not found; is {path.parent} the workdir of a finished cardiac_jax run?")
-  return json.loads(path.read_text())
-
-
 def load(workdir):
   """The Bundle of a workdir that train.py wrote (its best checkpoint)."""
   workdir = pathlib.Path(workdir).expanduser()
   if not workdir.is_dir():
     raise ConfigError(f"{workdir}: no such workdir")
   config = train_lib.load_config(workdir)
-  record = _read_json(workdir / "data.json")
+  record = integrity.read_json(workdir / "data.json")
   preprocessing_path = workdir / "preprocessing.json"
   if not preprocessing_path.exists():
     raise ConfigError(f"{preprocessing_path}: not found; a workdir of an earlier version of cardiac_jax? train again")
-  preprocessing = preprocess.Preprocessing.from_json(preprocessing_path.read_text())
+  preprocessing = preprocess.Preprocessing.from_json(json.dumps(integrity.read_json(preprocessing_path)))
   model = train_lib.create_model(config.model, len(record["classes"]))
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), np.zeros((1, config.data.max_len, record["n_features"]), np.float32),
@@ -128,7 +122,9 @@ def predict_logits(bundle, sequences, predict_fn=None, batch_size=None):
   for batch in batches:
     logits = np.asarray(predict_fn(bundle.params, {"x": batch["x"], "lengths": batch["lengths"]}))
     outputs.append(logits[batch["mask"] > 0])
-  return np.concatenate(outputs)
+  logits = np.concatenate(outputs)
+  integrity.check_finite_logits(logits, bundle.workdir / "checkpoints" / "best")
+  return logits
 
 
 def probabilities(bundle, logits):
@@ -145,7 +141,7 @@ def time_indices(bundle, values, path, time_key):
   missing = preprocess.missing(values)
   if missing.any():
     raise DataError(path, f"{int(missing.sum())} cells have no value in the time column {time_key!r}")
-  names = values.astype(str).to_numpy()
+  names = values.astype(str).str.strip().to_numpy()  # as training reads them (preprocess.quality_control)
   index = {t: i for i, t in enumerate(bundle.time_points)}
   unknown = sorted(set(names.tolist()) - set(index), key=preprocess.natural_key)
   if unknown:

@@ -318,6 +318,9 @@ class EnhancedCardiacRNN(nn.Module):
     pooling: 'mean' (the seed's: the mean over valid steps) or 'anchor' (the state at the step whose last
       input channel is 1: the labelled cell of an anchored sequence, read after the LSTM and attention have
       mixed in its context).
+    layer_norm_eps: epsilon of every LayerNorm; PyTorch's 1e-5 (the seed's), Flax's own default is 1e-6.
+    attention_dropout_per_sequence: draw the attention-weight dropout mask for each sequence and head, as
+      PyTorch's nn.MultiheadAttention does; False shares one mask across the batch (Flax's default).
   """
   num_classes: int = 7
   hidden_dim: int = 128
@@ -330,6 +333,8 @@ class EnhancedCardiacRNN(nn.Module):
   bidirectional: bool = True
   lstm_impl: str = 'fused'
   pooling: str = 'mean'
+  layer_norm_eps: float = 1e-5
+  attention_dropout_per_sequence: bool = True
 
   @nn.compact
   def __call__(self, x, lengths, *, train: bool):
@@ -346,7 +351,7 @@ class EnhancedCardiacRNN(nn.Module):
     mask = valid_mask(lengths, x.shape[1])  # [batch, steps]
 
     h = nn.Dense(self.hidden_dim, name='input_proj')(x)
-    h = nn.LayerNorm(name='input_norm')(h)
+    h = nn.LayerNorm(epsilon=self.layer_norm_eps, name='input_norm')(h)
     h = nn.relu(h)
     h = nn.Dropout(self.input_dropout, deterministic=not train)(h)
 
@@ -365,9 +370,10 @@ class EnhancedCardiacRNN(nn.Module):
           num_heads=self.num_heads,
           qkv_features=h.shape[-1],
           dropout_rate=self.dropout,
+          broadcast_dropout=not self.attention_dropout_per_sequence,
           deterministic=not train,
           name='attention')(h, mask=nn.make_attention_mask(mask, mask))
-      h = nn.LayerNorm(name='attention_norm')(h + attended)
+      h = nn.LayerNorm(epsilon=self.layer_norm_eps, name='attention_norm')(h + attended)
 
     # Mean over valid steps, or the anchor's step; the denominator is at least 1 so that an all-padding
     # row (as a filler row of a last batch might be) pools to zeros rather than NaN.
@@ -379,7 +385,7 @@ class EnhancedCardiacRNN(nn.Module):
 
     for i, dim in enumerate(self.head_dims):
       h = nn.Dense(dim, name=f'head_{i}')(h)
-      h = nn.LayerNorm(name=f'head_norm_{i}')(h)
+      h = nn.LayerNorm(epsilon=self.layer_norm_eps, name=f'head_norm_{i}')(h)
       h = nn.relu(h)
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
     return nn.Dense(self.num_classes, name='classifier')(h)

@@ -469,6 +469,25 @@ def _write_table(path, frame, header=True):
     gz.write(text.encode())
 
 
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_partials(out_dir):
+  """Removes the temporary folders of out_dir left by a writer that was killed (kill -9 leaves no chance to
+  clean up): `.{name}.{pid}.*.partial` whose process is gone. A live writer's folder is left alone."""
+  for tmp in pathlib.Path(out_dir).parent.glob(f".{pathlib.Path(out_dir).name}.*.partial"):
+    pid = tmp.name.split(".")[2]
+    if not pid.isdigit() or not _alive(int(pid)):
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _atomic_dir(out_dir):
   """Yields a temporary folder next to out_dir, renamed to out_dir when the block completes.
@@ -480,7 +499,8 @@ def _atomic_dir(out_dir):
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise FileExistsError(f"{out_dir} already exists and is not empty; not overwriting it")
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial",
+  remove_stale_partials(out_dir)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial",
                                       dir=out_dir.parent))
   try:
     yield tmp

@@ -115,6 +115,10 @@ def get_config():
   config.model.lstm_impl = "fused"
   # 'mean' (the seed's: the mean over valid steps) or 'anchor' (anchored sequences: the labelled cell's step).
   config.model.pooling = "mean"
+  # PyTorch's LayerNorm epsilon and per-sequence attention dropout, as the seed's PyTorch model has them
+  # (Flax's defaults: 1e-6, one attention-dropout mask shared by the batch).
+  config.model.layer_norm_eps = 1e-5
+  config.model.attention_dropout_per_sequence = True
 
   config.train = ml_collections.ConfigDict()
   # Epochs and learning rate: see SCALES.
