@@ -306,8 +306,6 @@ def _annotation(bundle, adata, path, *, time_key, donor_key, gene_key, normaliza
                f"{len(x):,}", report["normalization"], len(report["missing_genes"]), len(bundle.preprocessing.genes),
                f" ({report['missing_genes'][:10]})" if report["missing_genes"] else "")
   logits = predict_cell_logits(bundle, x, times, groups, progress)
-  if not np.isfinite(logits).all():
-    raise DataError(path, f"the model gave non-finite logits for {int((~np.isfinite(logits)).any(1).sum())} cells")
   probabilities = calibrate.softmax(logits, bundle.temperature).astype(np.float32)
   labels, confidence = labels_from(probabilities, bundle.classes, rule.unassigned(logits, bundle.temperature))
   info = {
