@@ -13,7 +13,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", None, "Workdir(s) that train.py wrote.", required=True)
 flags.DEFINE_string("output", None, "Folder for the scores against the simulator's true genes (built-in simulated "
                     "data only); none: only <workdir>/interpret/ is written.")
-flags.DEFINE_integer("steps", interpret.IG_STEPS, "Points of the integrated-gradients path (Gauss-Legendre).")
+flags.DEFINE_integer("steps", interpret.IG_STEPS, "Points of the integrated-gradients path (Gauss-Legendre, crowded near the baseline).")
 
 
 def main():

@@ -4,14 +4,15 @@
 and writes `<workdir>/interpret/`:
 
 * attributions.csv: per method, class and input gene, the mean attribution of the gene (summed over a sequence's
-  steps) to that class's logit over the class's correctly classified test sequences, and its rank (1 = most
-  evidence for the class). Methods:
+  steps) to that class's centred logit (the logit minus the mean of the sequence's logits) over the class's
+  correctly classified test sequences (the first `MAX_PER_CLASS` of each class), and its rank (1 = most evidence
+  for the class). Methods:
   - `integrated_gradients`: the path integral of the logit's gradient from a baseline to the input, times the
-    input minus the baseline, by the midpoint rule with `IG_STEPS` steps (`jax.grad` of the batch's logits,
-    `jax.vmap` over the steps of the path). Baseline: every gene channel 0, which after the per-sequence
+    input minus the baseline, by Gauss-Legendre quadrature with `IG_STEPS` points crowded near the baseline
+    (`path_points`; `jax.grad` of the batch's logits, `jax.vmap` over the points of the path). Baseline: every gene channel 0, which after the per-sequence
     z-score is the sequence's own mean expression; the anchor channel of anchored sequences and the padding
     are kept as they are, so they get no attribution. Completeness (attributions sum to the logit at the input
-    minus the logit at the baseline) is checked per sequence and reported (completeness.json).
+    minus the logit at the baseline) is checked per sequence and reported (summary.json).
   - `gradient_x_input`: the gradient at the input times the input (the same baseline), the cheap first-order
     version.
   Padded steps get exactly zero attribution under both.
@@ -53,7 +54,13 @@ from cardiac_jax import dataset, inference, simulate
 from cardiac_jax import train as train_lib
 from cardiac_jax.errors import ConfigError, DataError
 
-IG_STEPS = 32
+# Integrated gradients: 64 Gauss-Legendre points, crowded near the baseline (alpha = u ** 3). Measured on a base run
+# (8 sequences): the largest completeness error was 3.2 with 32 plain points, 0.14 with these, against logit
+# changes of about 4.
+IG_STEPS = 64
+PATH_POWER = 3
+# Correctly classified test sequences explained per class (the first ones in stored order; None: all).
+MAX_PER_CLASS = 50
 # Sequences per batch; every batch runs IG_STEPS points of the path at once.
 BATCH = 64
 # Completeness holds for a sequence when |sum of attributions - (logit(x) - logit(baseline))| is at most
@@ -72,25 +79,36 @@ def gene_channels(x, n_genes):
 
 
 def make_logit_fn(apply_fn, params):
-  """(x [b, steps, features], lengths [b], targets [b]) -> [b] each sequence's logit of its target class."""
+  """(x [b, steps, features], lengths [b], targets [b]) -> [b] each sequence's centred logit of its target class:
+  the logit minus the mean of the sequence's logits (the softmax sees only such differences, so a shift shared by
+  every class's logit is no evidence for one class)."""
 
   def logit(x, lengths, targets):
     logits = apply_fn({"params": params}, x, lengths, train=False)
+    logits = logits - logits.mean(-1, keepdims=True)
     return jnp.take_along_axis(logits, targets[:, None], 1)[:, 0]
 
   return logit
 
 
-def make_attribution_fn(apply_fn, params, n_genes, steps=IG_STEPS):
+def path_points(steps, power=PATH_POWER):
+  """(alphas, weights) [steps] of the path integral over [0, 1]: Gauss-Legendre in u with alpha = u ** power, so
+  the points crowd near the baseline, where the input layer's LayerNorm makes the integrand steep."""
+  nodes, weights = np.polynomial.legendre.leggauss(steps)
+  u = (nodes + 1) / 2
+  return jnp.asarray(u ** power, jnp.float32), jnp.asarray(weights / 2 * power * u ** (power - 1), jnp.float32)
+
+
+def make_attribution_fn(apply_fn, params, n_genes, steps=IG_STEPS, power=None):
   """A jitted (x, lengths, targets) -> dict of attributions of a batch, for a model's parameters.
 
   Returns dict: integrated_gradients and gradient_x_input [b, steps, features] (zero at padded steps and on
   the anchor channel), logit and baseline_logit [b] (of the target class).
   """
+  power = PATH_POWER if power is None else power
   logit = make_logit_fn(apply_fn, params)
   grad = jax.grad(lambda x, lengths, targets: logit(x, lengths, targets).sum())
-  nodes, weights = np.polynomial.legendre.leggauss(steps)
-  alphas, weights = jnp.asarray((nodes + 1) / 2, jnp.float32), jnp.asarray(weights / 2, jnp.float32)
+  alphas, weights = path_points(steps, power)
 
   def attribute(x, lengths, targets):
     valid = batching_mask(lengths, x.shape[1])[..., None]
@@ -177,6 +195,7 @@ def completeness(result):
   within = error <= COMPLETENESS_ATOL + COMPLETENESS_RTOL * np.abs(delta)
   return {
       "steps": int(result.get("steps", IG_STEPS)),
+      "path": f"Gauss-Legendre in u, alpha = u ** {PATH_POWER}",
       "tolerance": f"|sum - delta| <= {COMPLETENESS_ATOL} + {COMPLETENESS_RTOL} * |delta|",
       "sequences": int(len(error)),
       "fraction_within_tolerance": float(within.mean()) if len(error) else float("nan"),
@@ -325,16 +344,28 @@ def _publish(staging, out):
   staging.rename(out)
 
 
-def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, progress=True):
+def first_per_class(keep, labels, limit):
+  """[n] bool: `keep`, restricted to the first `limit` kept sequences of each class (all with limit None)."""
+  if limit is None:
+    return keep
+  seen = np.zeros_like(labels)
+  for c in np.unique(labels):
+    rows = np.flatnonzero(keep & (labels == c))
+    seen[rows[:limit]] = 1
+  return seen.astype(bool)
+
+
+def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_CLASS, progress=True):
   """Explains a trained run's correctly classified test sequences and writes workdir/interpret/ (see the module
   docstring). Returns the summary (also summary.json)."""
   started = time.perf_counter()
   bundle = inference.load(workdir)
   test, names = train_lib.load_test_sequences(bundle.workdir)
   logits = inference.predict_logits(bundle, test)
-  right = logits.argmax(1) == test.labels
+  right = first_per_class(logits.argmax(1) == test.labels, test.labels, max_per_class)
   correct = test.take(right)
-  logging.info("interpret: %d of %d test sequences correctly classified", len(correct), len(test))
+  logging.info("interpret: %d of %d test sequences correctly classified; explaining %d", (logits.argmax(1) == test.labels).sum(),
+               len(test), len(correct))
   if not len(correct):
     raise ConfigError(f"{bundle.workdir}: no test sequence is correctly classified; nothing to explain")
   result = attribute(bundle, correct, steps=steps, batch_size=batch_size, progress=progress)
@@ -350,7 +381,9 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, progress=True):
                   "padding as in the input",
       "completeness": completeness(result),
       "test_sequences": int(len(test)),
+      "correctly_classified": int((logits.argmax(1) == test.labels).sum()),
       "explained_sequences": int(len(correct)),
+      "max_per_class": max_per_class,
       "explained_per_class": {c: int((correct.labels == i).sum()) for i, c in enumerate(classes)},
   }
   if bundle.sequence_mode == "anchored":

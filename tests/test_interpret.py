@@ -10,11 +10,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pandas as pd
 import pytest
 
 from cardiac_jax import interpret, simulate
 from cardiac_jax import model as model_lib
+from cardiac_jax.errors import ConfigError
+from configs import tiny
 
 GENES = 6
 SMALL = dict(num_classes=3, hidden_dim=8, num_layers=1, num_heads=2, head_dims=(8,), dropout=0.0, input_dropout=0.0)
@@ -38,33 +39,45 @@ def _small_model(seed=0, anchored=False, **overrides):
   return model, params, x, LENGTHS
 
 
-def test_integrated_gradients_complete():
-  model, params, x, lengths = _small_model()
+@pytest.fixture(scope="module")
+def anchored():
+  """A random anchored model (anchor pooling), its inputs with garbage in one sequence's padding, and the
+  attributions of each sequence to a class (256 points: this random model is rougher than a trained one)."""
+  model, params, x, lengths = _small_model(seed=1, anchored=True, pooling="anchor")
+  x = x.copy()
+  x[2, 1:, :GENES] = 7.0  # the model masks padding; the attributions must be zero there whatever it holds
   targets = np.array([0, 1, 2, 1], np.int32)
-  # This random model is rougher than a trained one: 256 points keep the quadrature error within the tolerance.
   result = interpret.make_attribution_fn(model.apply, params, GENES, steps=256)(x, lengths, targets)
-  delta = np.asarray(result["logit"] - result["baseline_logit"])
-  total = np.asarray(result["integrated_gradients"]).sum((1, 2))
+  return x, lengths, {k: np.asarray(v) for k, v in result.items()}
+
+
+def test_integrated_gradients_complete(anchored):
+  _, _, result = anchored
+  delta = result["logit"] - result["baseline_logit"]
+  total = result["integrated_gradients"].sum((1, 2))
   assert np.abs(delta).min() > 0.1  # the check below is not trivially met
   np.testing.assert_allclose(total, delta, rtol=interpret.COMPLETENESS_RTOL, atol=interpret.COMPLETENESS_ATOL)
   # Gradient x input is a different (first-order) attribution: it does not sum to the logit change.
-  assert not np.allclose(np.asarray(result["gradient_x_input"]).sum((1, 2)), delta, atol=1e-3)
-  summary = interpret.completeness({k: np.asarray(v) for k, v in result.items()})
+  assert not np.allclose(result["gradient_x_input"].sum((1, 2)), delta, atol=1e-3)
+  summary = interpret.completeness(result)
   assert summary["fraction_within_tolerance"] == 1.0 and summary["sequences"] == 4
 
 
-def test_padded_steps_and_anchor_channel_get_exactly_zero():
-  model, params, x, lengths = _small_model(seed=1, anchored=True, pooling="anchor")
-  # Padding holding garbage must not matter either: the model masks it, the attribution is zeroed.
-  x = x.copy()
-  x[2, 1:, :GENES] = 7.0
-  result = interpret.make_attribution_fn(model.apply, params, GENES, steps=8)(x, lengths, np.zeros(4, np.int32))
+def test_padded_steps_and_anchor_channel_get_exactly_zero(anchored):
+  _, lengths, result = anchored
   padded = np.arange(5)[None, :] >= lengths[:, None]
   for method in ("integrated_gradients", "gradient_x_input"):
-    a = np.asarray(result[method])
+    a = result[method]
     assert (a[padded] == 0.0).all()
     assert (a[..., GENES] == 0.0).all()  # the anchor channel is kept at its value in the baseline
     assert (np.abs(a[~padded][:, :GENES]) > 0).mean() > 0.9
+
+
+def test_path_points_integrate_polynomials_exactly():
+  alphas, weights = interpret.path_points(8, power=3)
+  assert (np.diff(np.asarray(alphas)) > 0).all() and float(alphas[0]) < 1e-3
+  for k in range(4):
+    assert float(jnp.sum(weights * alphas ** k)) == pytest.approx(1 / (k + 1), rel=1e-5)
 
 
 def test_attention_is_sown_without_changing_the_logits():
@@ -88,7 +101,7 @@ def test_planted_gene_ranks_first():
   """Gene 2 alone decides the class (its mean over the steps above or below 0); a briefly trained model's
   attributions put it first for both classes."""
   rng = np.random.default_rng(0)
-  n, steps = 512, 3
+  n, steps = 384, 3
   x = rng.normal(size=(n, steps, GENES)).astype(np.float32)
   labels = (x[:, :, 2].mean(1) > 0).astype(np.int32)
   lengths = np.full(n, steps, np.int32)
@@ -106,7 +119,7 @@ def test_planted_gene_ranks_first():
     return optax.apply_updates(params, updates), opt_state
 
   opt_state = optimizer.init(params)
-  for epoch in range(6):
+  for epoch in range(5):
     for lo in range(0, n, 64):
       params, opt_state = step(params, opt_state, x[lo:lo + 64], labels[lo:lo + 64])
   logits = model.apply({"params": params}, x, lengths, train=False)
@@ -176,3 +189,11 @@ def test_simulated_data_unchanged(tmp_path):
       digest.update(str(path.relative_to(tmp_path)).encode())
       digest.update(path.read_bytes())
   assert digest.hexdigest() == SIMULATED_SHA256
+
+
+def test_ground_truth_needs_the_simulated_data():
+  config = tiny.get_config()
+  assert interpret.ground_truth(config) == simulate.true_genes(config.sim.n_genes, config.sim.seed)
+  config.data.source = "h5ad"
+  with pytest.raises(ConfigError, match="simulated"):
+    interpret.ground_truth(config)
