@@ -365,14 +365,16 @@ class EnhancedCardiacRNN(nn.Module):
 
     if self.use_attention:
       # Valid queries attend to valid keys only. A padded query sees no key; Flax then gives it
-      # uniform (finite) weights, and its output is dropped by the pooling below.
+      # uniform (finite) weights, and its output is dropped by the pooling below. The weights
+      # `[batch, heads, queries, keys]` are sown into 'intermediates' ('attention', 'attention_weights')
+      # when that collection is mutable (interpret.py); otherwise nothing is kept.
       attended = nn.MultiHeadDotProductAttention(
           num_heads=self.num_heads,
           qkv_features=h.shape[-1],
           dropout_rate=self.dropout,
           broadcast_dropout=not self.attention_dropout_per_sequence,
           deterministic=not train,
-          name='attention')(h, mask=nn.make_attention_mask(mask, mask))
+          name='attention')(h, mask=nn.make_attention_mask(mask, mask), sow_weights=True)
       h = nn.LayerNorm(epsilon=self.layer_norm_eps, name='attention_norm')(h + attended)
 
     # Mean over valid steps, or the anchor's step; the denominator is at least 1 so that an all-padding
