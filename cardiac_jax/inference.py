@@ -182,18 +182,19 @@ def check_can_annotate(bundle):
         "--config.data.sequence_mode=cell to annotate new cells")
 
 
-def predict_cells(bundle, x, times, groups=None, progress=True):
+def predict_cells(bundle, x, times, groups=None, progress=True, data_parallel=None):
   """[cells, classes] float32 calibrated class probabilities of every cell of a query, `ANNOTATE_CHUNK` cells at a time.
 
   Args:
     x: [cells, genes] the query's log expression (`Preprocessing.transform`); times: [cells] time indices;
     groups: [cells] donor of each cell (context then comes from the cell's own donor), or None.
+    data_parallel: the parallel.DataParallel whose devices share each batch (default: every device).
   """
   check_can_annotate(bundle)
   embedding = bundle.preprocessing.embed(x) if bundle.sequence_mode == "anchored" else None
   if groups is not None:
     groups = np.unique(np.asarray(groups), return_inverse=True)[1]  # codes once, not once per chunk
-  predict_fn = make_predict_fn(bundle.apply_fn)
+  predict_fn = make_predict_fn(bundle.apply_fn, data_parallel)
   out = np.zeros((len(x), len(bundle.classes)), np.float32)
   bar = tqdm(total=len(x), desc="annotating", unit="cells", disable=None if progress else True, leave=False)
   for lo in range(0, len(x), ANNOTATE_CHUNK):
