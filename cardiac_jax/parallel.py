@@ -22,11 +22,13 @@ import os
 import jax
 import numpy as np
 from absl import logging
+from jax._src import distributed
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cardiac_jax.errors import ConfigError
 
 DATA_AXIS = "data"
+BARRIER_TIMEOUT_MS = 30 * 60 * 1000
 
 
 def initialize(parallel_config):
@@ -51,6 +53,18 @@ def initialize(parallel_config):
   jax.distributed.initialize(address, num_processes=num_processes, process_id=process_id)
   if jax.process_index() != 0:
     logging.set_verbosity(logging.WARNING)
+
+
+def barrier(name):
+  """Waits until every process of the run reaches the barrier `name` (a no-op in a single process).
+
+  Through JAX's coordination service, with a long timeout: the CPU collectives (gloo) give up after 30 s, so a
+  process that prepares its data or compiles more slowly than the others must be waited for before the first
+  step that communicates.
+  """
+  if jax.process_count() > 1:
+    # JAX has no public barrier that avoids device collectives; Orbax reaches this client the same way.
+    distributed.global_state.client.wait_at_barrier(name, BARRIER_TIMEOUT_MS)
 
 
 def is_main_process():
@@ -102,10 +116,11 @@ class DataParallel:
     return jax.tree.map(self._replicate_leaf, tree)
 
   def _replicate_leaf(self, x):
-    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # device_put cannot place typed keys across processes
-      return jax.random.wrap_key_data(jax.device_put(jax.random.key_data(x), self.replicated),
-                                      impl=jax.random.key_impl(x))
-    return jax.device_put(x, self.replicated)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(self._replicate_leaf(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+    # From host memory on each process: no collective (device_put would compare the processes' values).
+    value = np.asarray(x)
+    return jax.make_array_from_callback(value.shape, self.replicated, lambda index: value[index])
 
   def abstract(self, tree):
     """jax.ShapeDtypeStructs of a pytree, replicated on this mesh: the target that makes Orbax restore a

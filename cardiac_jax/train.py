@@ -177,9 +177,9 @@ def make_eval_step(apply_fn, label_smoothing, data_parallel=None):
 
   With a parallel.DataParallel: (params, batch) -> (sums, logits), numpy batches split over its devices.
   """
-  if data_parallel is None:
-    return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, label_smoothing=label_smoothing))
   step = lambda params, batch: eval_step(params, apply_fn, batch, label_smoothing=label_smoothing)
+  if data_parallel is None:
+    return jax.jit(step)
   return data_parallel.feeding(data_parallel.jit(step, batch_arg=1), batch_arg=1)
 
 
@@ -448,6 +448,7 @@ def train_and_evaluate(config, workdir):
       batch_arg=1,
   )
   seconds["train_step_compile"] = time.perf_counter() - compile_start
+  parallel.barrier("compiled")
   training_start = time.perf_counter()
   eval_fn = make_eval_step(state.apply_fn, config.train.label_smoothing, mesh)
   plateau = make_plateau(config.train)
