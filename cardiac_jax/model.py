@@ -265,6 +265,7 @@ class LSTMLayer(nn.Module):
   hidden_dim: int
   bidirectional: bool = True
   impl: str = 'fused'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, lengths):
@@ -288,6 +289,7 @@ class LSTMLayer(nn.Module):
                    (directions, self.hidden_dim, gates), jnp.float32),
         self.param('bias', nn.initializers.zeros_init(), (directions, gates), jnp.float32),
     )
+    x, params = x.astype(self.dtype), tuple(p.astype(self.dtype) for p in params)
     if self.impl == 'fused':
       return fused_lstm(x, lengths, *params)
     outputs = []
@@ -299,6 +301,8 @@ class LSTMLayer(nn.Module):
 
 
 POOLINGS = ('mean', 'anchor')
+# Computation dtypes by name; parameters stay float32 whatever the computation (Flax's param_dtype default).
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class EnhancedCardiacRNN(nn.Module):
@@ -318,6 +322,8 @@ class EnhancedCardiacRNN(nn.Module):
     pooling: 'mean' (the seed's: the mean over valid steps) or 'anchor' (the state at the step whose last
       input channel is 1: the labelled cell of an anchored sequence, read after the LSTM and attention have
       mixed in its context).
+    dtype: computation dtype, a name in DTYPES: 'float32' (default) or 'bfloat16' (activations and matrix
+      products in bfloat16, float32 parameters and logits).
   """
   num_classes: int = 7
   hidden_dim: int = 128
@@ -330,6 +336,7 @@ class EnhancedCardiacRNN(nn.Module):
   bidirectional: bool = True
   lstm_impl: str = 'fused'
   pooling: str = 'mean'
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, x, lengths, *, train: bool):
@@ -344,9 +351,12 @@ class EnhancedCardiacRNN(nn.Module):
       `[batch, num_classes]` logits.
     """
     mask = valid_mask(lengths, x.shape[1])  # [batch, steps]
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {tuple(DTYPES)}, not {self.dtype!r}")
+    dtype = DTYPES[self.dtype]
 
-    h = nn.Dense(self.hidden_dim, name='input_proj')(x)
-    h = nn.LayerNorm(name='input_norm')(h)
+    h = nn.Dense(self.hidden_dim, dtype=dtype, name='input_proj')(x)
+    h = nn.LayerNorm(dtype=dtype, name='input_norm')(h)
     h = nn.relu(h)
     h = nn.Dropout(self.input_dropout, deterministic=not train)(h)
 
@@ -354,7 +364,7 @@ class EnhancedCardiacRNN(nn.Module):
       if layer > 0:
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
       h = LSTMLayer(
-          self.hidden_dim, self.bidirectional, self.lstm_impl, name=f'lstm_{layer}')(h, lengths)
+          self.hidden_dim, self.bidirectional, self.lstm_impl, dtype, name=f'lstm_{layer}')(h, lengths)
     # [batch, steps, features]; zero the padded steps, which the forward LSTM ran on through.
     h = jnp.where(mask[..., None], h, 0.0)
 
@@ -366,8 +376,9 @@ class EnhancedCardiacRNN(nn.Module):
           qkv_features=h.shape[-1],
           dropout_rate=self.dropout,
           deterministic=not train,
+          dtype=dtype,
           name='attention')(h, mask=nn.make_attention_mask(mask, mask))
-      h = nn.LayerNorm(name='attention_norm')(h + attended)
+      h = nn.LayerNorm(dtype=dtype, name='attention_norm')(h + attended)
 
     # Mean over valid steps, or the anchor's step; the denominator is at least 1 so that an all-padding
     # row (as a filler row of a last batch might be) pools to zeros rather than NaN.
@@ -378,8 +389,8 @@ class EnhancedCardiacRNN(nn.Module):
     h = jnp.sum(jnp.where(weights[..., None], h, 0.0), axis=1) / counts  # [batch, features]
 
     for i, dim in enumerate(self.head_dims):
-      h = nn.Dense(dim, name=f'head_{i}')(h)
-      h = nn.LayerNorm(name=f'head_norm_{i}')(h)
+      h = nn.Dense(dim, dtype=dtype, name=f'head_{i}')(h)
+      h = nn.LayerNorm(dtype=dtype, name=f'head_norm_{i}')(h)
       h = nn.relu(h)
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    return nn.Dense(self.num_classes, name='classifier')(h)
+    return nn.Dense(self.num_classes, dtype=dtype, name='classifier')(h).astype(jnp.float32)

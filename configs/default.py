@@ -108,6 +108,8 @@ def get_config():
   config.model.lstm_impl = "fused"
   # 'mean' (the seed's: the mean over valid steps) or 'anchor' (anchored sequences: the labelled cell's step).
   config.model.pooling = "mean"
+  # Computation dtype: 'float32', or 'bfloat16' (for accelerators; parameters stay float32). See model.DTYPES.
+  config.model.dtype = "float32"
 
   config.train = ml_collections.ConfigDict()
   # Epochs and learning rate: see SCALES.
