@@ -104,7 +104,7 @@ def main(out, one_device_checkpoint):
       **{f"params_2{k}": v for k, v in flat(state_2.params).items()},
       **{f"restored{k}": v for k, v in flat(restored.params).items()},
       **{f"expected{k}": v for k, v in flat(fresh_state(config).params).items()},
-      restored_devices=len(jax.tree.leaves(restored.params)[0].sharding.device_set),
+      devices_after_restore=len(jax.tree.leaves(restored.params)[0].sharding.device_set),
       probabilities_1=annotate_probabilities(config, state_1.params, 1),
       probabilities_2=annotate_probabilities(config, state_1.params, 2),
       batch_size_error=batch_size_error(two),

@@ -59,7 +59,7 @@ def test_annotation_on_two_devices_matches_one(two_devices):
 def test_checkpoints_move_between_device_counts(two_devices):
   results, saved_on_two = two_devices
   # 1 -> 2: the parent's one-device checkpoint, restored onto the subprocess's two devices.
-  assert int(results["restored_devices"]) == 2
+  assert int(results["devices_after_restore"]) == 2
   restored, expected = _params(results, "restored"), _params(results, "expected")
   assert restored.keys() == expected.keys()
   for k in restored:
