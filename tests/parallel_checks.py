@@ -7,6 +7,7 @@ beside the state it should hold; and OUT_DIR/checkpoint: a state trained on 2 de
 on its one device.
 """
 
+import functools
 import pathlib
 import sys
 
@@ -24,14 +25,17 @@ GENES = 6
 def model_config():
   config = tiny.get_config()
   config.model.hidden_dim, config.model.num_heads, config.model.head_dims = 8, 2, (8,)
+  config.model.num_layers = 1  # one BiLSTM layer: the compiles are most of this check's time
   config.data.sequence_mode, config.model.pooling = "anchored", "anchor"
   config.data.max_len = 4
   return config
 
 
-def fresh_state(config=None):
-  """The TrainState both processes build from seed 0 ([4 steps, GENES + 1 features], 3 classes)."""
-  return train.create_train_state(jax.random.key(0), config or model_config(), 3, GENES + 1, 4)
+@functools.cache
+def fresh_state():
+  """The TrainState both processes build from seed 0 ([4 steps, GENES + 1 features], 3 classes); built once (each
+  build compiles the model's init)."""
+  return train.create_train_state(jax.random.key(0), model_config(), 3, GENES + 1, 4)
 
 
 def batches(n=16, seed=0):
@@ -47,9 +51,9 @@ def batches(n=16, seed=0):
   return out
 
 
-def trained(mesh, config):
-  """Parameters after STEPS train steps (dropout on) over `mesh`'s devices; the state too."""
-  state = mesh.replicate(fresh_state(config))
+def trained(mesh):
+  """The TrainState after STEPS train steps (dropout on) over `mesh`'s devices."""
+  state = mesh.replicate(fresh_state())
   step = mesh.feeding(mesh.jit(lambda s, b, r: train.train_step(s, b, r, label_smoothing=0.1), batch_arg=1),
                       batch_arg=1)
   rng = mesh.replicate(jax.random.key(1))
@@ -66,7 +70,7 @@ def bundle(config, params):
   preprocessing = preprocess.Preprocessing(tuple(f"g{i}" for i in range(GENES)), "log", 1e4,
                                            np.zeros(GENES, np.float32), np.ones(GENES, np.float32), components)
   config.data.context_k = 2
-  return inference.Bundle(pathlib.Path("."), config, params, fresh_state(config).apply_fn, ("a", "b", "c"),
+  return inference.Bundle(pathlib.Path("."), config, params, fresh_state().apply_fn, ("a", "b", "c"),
                           ("d0", "d1", "d2", "d3"), preprocessing, {"batch_size": 16}, {})
 
 
@@ -92,18 +96,18 @@ def main(out, one_device_checkpoint):
   assert jax.device_count() == 2, jax.devices()
   config = model_config()
   one, two = parallel.data_parallel(1), parallel.data_parallel(2)
-  state_1, state_2 = trained(one, config), trained(two, config)
+  state_1, state_2 = trained(one), trained(two)
   checkpoints = train.Checkpoints(out / "checkpoint")
   checkpoints.save(STEPS, state_2, {"val_accuracy": 0.5}, improved=True)
   checkpoints.close()
-  restored, _ = train.Checkpoints(one_device_checkpoint).restore_latest(two.replicate(fresh_state(config)))
+  restored, _ = train.Checkpoints(one_device_checkpoint).restore_latest(two.replicate(fresh_state()))
   flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
   np.savez(
       out / "results.npz",
       **{f"params_1{k}": v for k, v in flat(state_1.params).items()},
       **{f"params_2{k}": v for k, v in flat(state_2.params).items()},
       **{f"restored{k}": v for k, v in flat(restored.params).items()},
-      **{f"expected{k}": v for k, v in flat(fresh_state(config).params).items()},
+      **{f"expected{k}": v for k, v in flat(fresh_state().params).items()},
       devices_after_restore=len(jax.tree.leaves(restored.params)[0].sharding.device_set),
       probabilities_1=annotate_probabilities(config, state_1.params, 1),
       probabilities_2=annotate_probabilities(config, state_1.params, 2),

@@ -11,6 +11,7 @@ from configs import tiny
 def _states():
   config = tiny.get_config()
   config.model.hidden_dim, config.model.num_heads, config.model.head_dims = 8, 2, (8,)
+  config.model.num_layers = 1
   full = train.create_train_state(jax.random.key(0), config, 3, 6, 4)
   config.model.dtype = "bfloat16"
   return full, train.create_train_state(jax.random.key(0), config, 3, 6, 4)
