@@ -56,7 +56,7 @@ def initialize(parallel_config):
 
 
 def barrier(name):
-  """Waits until every process of the run reaches the barrier `name` (a no-op in a single process).
+  """Waits until every process of the run reaches the barrier `name`, once per name (a no-op in a single process).
 
   Through JAX's coordination service, with a long timeout: the CPU collectives (gloo) give up after 30 s, so a
   process that prepares its data or compiles more slowly than the others must be waited for before the first

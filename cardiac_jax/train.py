@@ -448,7 +448,7 @@ def train_and_evaluate(config, workdir):
       batch_arg=1,
   )
   seconds["train_step_compile"] = time.perf_counter() - compile_start
-  parallel.barrier("compiled")
+  parallel.barrier(f"compiled {workdir}")
   training_start = time.perf_counter()
   eval_fn = make_eval_step(state.apply_fn, config.train.label_smoothing, mesh)
   plateau = make_plateau(config.train)

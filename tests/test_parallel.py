@@ -14,6 +14,7 @@ import pytest
 import parallel_checks
 from cardiac_jax import parallel, train
 from cardiac_jax.errors import ConfigError
+from configs import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -83,3 +84,13 @@ def test_batch_size_must_divide_by_the_devices(two_devices):
 
 def test_data_parallel_describes_itself():
   assert parallel.data_parallel().describe() == "data parallel over 1 cpu device in 1 process (mesh {'data': 1})"
+
+
+def test_a_coordinator_without_this_process_s_place_is_one_clear_error(monkeypatch):
+  monkeypatch.delenv("JAX_NUM_PROCESSES", raising=False)
+  monkeypatch.delenv("JAX_PROCESS_ID", raising=False)
+  config = tiny.get_config().parallel
+  config.coordinator_address, config.num_processes = "127.0.0.1:1", 2
+  with pytest.raises(ConfigError, match="parallel.num_processes=2 and parallel.process_id=-1"):
+    parallel.initialize(config)
+  assert not jax.distributed.is_initialized()
