@@ -11,14 +11,20 @@ What the confidence means: the model's probability of the label it gives, calibr
 on the training run's validation cells (held-out donors): logits are divided by the temperature in the
 workdir's calibration.json, fitted to minimise the validation negative log-likelihood, so that among cells
 given confidence p about a fraction p should be right (eval.py's reliability.png shows how well that holds on
-the test cells). It cannot change which label is given. Cells whose confidence is below --min_confidence are
-labelled 'Unassigned'; the default 0.5 is a fixed rule (the label must be more probable than all other
-classes together), not a threshold tuned on data.
+the test cells; the README's "How far to trust a label" measures it on held-out donors). Calibration cannot
+change which label is given.
+
+When a cell is 'Unassigned': when its --unassigned_score is below a threshold. By default the threshold is
+chosen on the training run's validation cells (held-out donors, all of types the model knows) so that a share
+--keep_known (0.95) of them stay assigned: about 5% of cells of known types are expected to be Unassigned,
+and cells unlike any training type more often (how much more is measured per left-out type in the README).
+--threshold sets it by hand instead (e.g. --unassigned_score=probability --threshold=0.5: the label must be
+more probable than all other classes together); --unassigned_score=none labels every cell.
 """
 
 from absl import flags
 
-from cardiac_jax import cli, inference, preprocess
+from cardiac_jax import calibrate, cli, inference, preprocess
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A workdir of train.py trained with a per-cell sequence mode "
@@ -32,14 +38,20 @@ flags.DEFINE_string("donor_key", None, "obs column of the donor or sample: ancho
 flags.DEFINE_string("gene_key", None, "var column of gene names; default: var_names.")
 flags.DEFINE_enum("normalization", "auto", preprocess.NORMALIZATIONS,
                   "What X holds: auto (detected as training does), counts, linear (FPKM/TPM) or log.")
-flags.DEFINE_float("min_confidence", 0.5, "Cells whose top probability is below this are labelled 'Unassigned'.")
+flags.DEFINE_enum("unassigned_score", calibrate.DEFAULT_SCORE, inference.UNASSIGNED_SCORES,
+                  "The score that decides 'Unassigned': probability (calibrated top probability), energy "
+                  "(temperature x logsumexp of logits / temperature) or none (every cell labelled).")
+flags.DEFINE_float("keep_known", calibrate.KEEP_KNOWN, "Without --threshold: the threshold keeps this share of "
+                   "the run's validation cells (known types, held-out donors) assigned.")
+flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unassigned' (overrides --keep_known).")
 flags.DEFINE_string("geo_matrix", "counts", "For a GEO folder: 'counts' or 'sctransform'.")
 
 
 def main():
   inference.annotate_file(
       FLAGS.workdir, FLAGS.input, FLAGS.output, time_key=FLAGS.time_key, donor_key=FLAGS.donor_key,
-      gene_key=FLAGS.gene_key, normalization=FLAGS.normalization, min_confidence=FLAGS.min_confidence,
+      gene_key=FLAGS.gene_key, normalization=FLAGS.normalization, unassigned_score=FLAGS.unassigned_score,
+      threshold=FLAGS.threshold, keep_known=FLAGS.keep_known,
       geo_matrix=FLAGS.geo_matrix)
 
 

@@ -3,14 +3,16 @@ python suite.py --config=configs/base.py --workdir=runs/suite --seeds=0,1,2
 and the per-cell annotation comparison with CellTypist:
 python suite.py --workdir=runs/annotation --rows=anchored,anchored-unweighted,cell-alone"""
 
+import pathlib
+
 from absl import flags
 from ml_collections import config_flags
 
-from cardiac_jax import cli, suite, use_compilation_cache
+from cardiac_jax import checks, cli, suite, use_compilation_cache
 from configs import annotate, default
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/base.py", "Base configuration of every run.", lock_config=True)
+config_flags.DEFINE_config_file("config", str(pathlib.Path(__file__).parent / "configs" / "base.py"), "Base configuration of every run.", lock_config=True)
 flags.DEFINE_string("workdir", "runs/suite", "Folder for every run and the results (an interrupted suite resumes).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each changes the split, the sequences and the initialisation.")
 flags.DEFINE_list("rows", list(suite.SEED_ROWS), "Model rows to run (baselines run for every data setting used): "
@@ -19,6 +21,7 @@ flags.DEFINE_list("rows", list(suite.SEED_ROWS), "Model rows to run (baselines r
 
 
 def main():
+  checks.check_fields(FLAGS.config, default.get_config())
   use_compilation_cache(FLAGS.config.data.cache_dir)
   suite.run(
       FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.rows,

@@ -78,3 +78,44 @@ def seed_model():
   if n != SEED_PARAMETERS:
     raise AssertionError(f"the PyTorch model has {n:,} parameters, the seed's has {SEED_PARAMETERS:,}")
   return model
+
+
+def load_flax_params(model, params):
+  """Copies the parameters of a `cardiac_jax.model.EnhancedCardiacRNN` (its 'params' tree) into `model`, a
+  TorchCardiacRNN of the same sizes, so both compute the same function. PyTorch's second LSTM bias (bias_hh)
+  is set to zero: Flax's cell has one bias per gate."""
+  import numpy as np
+
+  def tensor(a):
+    return torch.from_numpy(np.array(a, np.float32))
+
+  def dense(linear, p):
+    linear.weight.data = tensor(p["kernel"]).T.contiguous()
+    linear.bias.data = tensor(p["bias"])
+
+  def norm(layer_norm, p):
+    layer_norm.weight.data, layer_norm.bias.data = tensor(p["scale"]), tensor(p["bias"])
+
+  dense(model.input_proj[0], params["input_proj"])
+  norm(model.input_proj[1], params["input_norm"])
+  for layer in range(model.lstm.num_layers):
+    p = params[f"lstm_{layer}"]
+    for direction, suffix in enumerate(("", "_reverse")):
+      getattr(model.lstm, f"weight_ih_l{layer}{suffix}").data = tensor(p["input_kernel"][direction]).T.contiguous()
+      getattr(model.lstm, f"weight_hh_l{layer}{suffix}").data = tensor(p["recurrent_kernel"][direction]).T.contiguous()
+      getattr(model.lstm, f"bias_ih_l{layer}{suffix}").data = tensor(p["bias"][direction])
+      getattr(model.lstm, f"bias_hh_l{layer}{suffix}").data.zero_()
+  attention, width = params["attention"], model.attention.embed_dim
+  model.attention.in_proj_weight.data = torch.cat(
+      [tensor(attention[k]["kernel"]).reshape(width, width).T for k in ("query", "key", "value")]).contiguous()
+  model.attention.in_proj_bias.data = torch.cat([tensor(attention[k]["bias"]).reshape(width) for k in ("query", "key", "value")])
+  model.attention.out_proj.weight.data = tensor(attention["out"]["kernel"]).reshape(width, width).T.contiguous()
+  model.attention.out_proj.bias.data = tensor(attention["out"]["bias"])
+  norm(model.attention_norm, params["attention_norm"])
+  linears = [m for m in model.head if isinstance(m, nn.Linear)]
+  norms = [m for m in model.head if isinstance(m, nn.LayerNorm)]
+  for i, (linear, layer_norm) in enumerate(zip(linears, norms)):
+    dense(linear, params[f"head_{i}"])
+    norm(layer_norm, params[f"head_norm_{i}"])
+  dense(linears[-1], params["classifier"])
+  return model

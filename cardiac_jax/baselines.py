@@ -80,11 +80,17 @@ def _cells(sequences):
   return cells
 
 
-def cell_logreg(data, seed):
-  """A logistic regression on single training cells, on the model's genes; predicts each test cell."""
+def cell_logreg_probabilities(data, seed):
+  """[test cells, classes] class probabilities of a logistic regression on single training cells, on the
+  model's genes (every class is among the training cells, so the columns are the Dataset's classes)."""
   train = _cells(data.train)
   model = _classifier(seed).fit(data.cell_x[train], data.cell_labels[train])
-  return model.predict(data.cell_x[_cells(data.test)])
+  return model.predict_proba(data.cell_x[_cells(data.test)])
+
+
+def cell_logreg(data, seed):
+  """A logistic regression on single training cells, on the model's genes; predicts each test cell."""
+  return cell_logreg_probabilities(data, seed).argmax(1)
 
 
 def step_means(sequences, n_genes):

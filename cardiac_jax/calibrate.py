@@ -8,12 +8,19 @@ in calibration.json and `inference` applies it to every prediction.
 
 Measures: `expected_calibration_error` (top-label ECE over equal-width bins of the top probability) and its
 class-wise version, and `reliability` (the per-bin table a reliability diagram draws).
+
+Cells of a type the model never saw: `SCORES` are per-cell numbers that are high for cells like the training
+types (the calibrated top probability; the negative free energy of the logits, Liu et al. 2020). The
+calibration record keeps the quantiles of each score on the validation cells (all of known types), so a
+threshold can be chosen that keeps a stated share of known cells assigned (`threshold`).
 """
 
-import json
 import pathlib
 
 import numpy as np
+import scipy.optimize
+
+from cardiac_jax import integrity
 
 # Equal-width bins of the top probability for ECE and reliability diagrams.
 ECE_BINS = 15
@@ -29,6 +36,12 @@ def log_softmax(logits):
 def softmax(logits, temperature=1.0):
   """[n, classes] float64 softmax(logits / temperature)."""
   return np.exp(log_softmax(np.asarray(logits, np.float64) / temperature))
+
+
+def logsumexp(logits):
+  logits = np.asarray(logits, np.float64)
+  top = logits.max(-1)
+  return top + np.log(np.exp(logits - top[..., None]).sum(-1))
 
 
 def nll(logits, labels, temperature=1.0):
@@ -66,12 +79,37 @@ def reliability(confidence, correct, bins=ECE_BINS):
   return count, np.bincount(which, confidence, bins) / safe, np.bincount(which, correct, bins) / safe
 
 
+def top_label_ece(confidence, correct, bins=ECE_BINS):
+  """ECE of any confidence [n] in a label against whether the label is right [n]: sum over equal-width bins of
+  |accuracy - mean confidence| x share of cells (for tools whose confidence is not a softmax, e.g. CellTypist)."""
+  count, confidence, accuracy = reliability(confidence, correct, bins)
+  return float((count * np.abs(accuracy - confidence)).sum() / max(count.sum(), 1))
+
+
 def expected_calibration_error(probabilities, labels, bins=ECE_BINS):
   """Top-label ECE: sum over bins of the top probability of |accuracy - mean confidence| x share of cells."""
   probabilities = np.asarray(probabilities)
-  correct = probabilities.argmax(1) == np.asarray(labels)
-  count, confidence, accuracy = reliability(probabilities.max(1), correct, bins)
-  return float((count * np.abs(accuracy - confidence)).sum() / max(count.sum(), 1))
+  return top_label_ece(probabilities.max(1), probabilities.argmax(1) == np.asarray(labels), bins)
+
+
+def fit_vector(logits, labels):
+  """Vector scaling (Guo et al., 2017): per-class scale w and bias b [classes] minimising the NLL of
+  softmax(logits * w + b), by L-BFGS from the temperature's solution. Unlike a temperature it can change the
+  most probable class. Returns (w, b)."""
+  logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+  n, classes = logits.shape
+  onehot = np.eye(classes)[labels]
+
+  def loss_and_grad(theta):
+    w, b = theta[:classes], theta[classes:]
+    z = logits * w + b
+    log_p = log_softmax(z)
+    g = (np.exp(log_p) - onehot) / n
+    return -(log_p * onehot).sum() / n, np.concatenate([(g * logits).sum(0), g.sum(0)])
+
+  start = np.concatenate([np.full(classes, 1.0 / fit_temperature(logits, labels)), np.zeros(classes)])
+  theta = scipy.optimize.minimize(loss_and_grad, start, jac=True, method="L-BFGS-B").x
+  return theta[:classes], theta[classes:]
 
 
 def classwise_ece(probabilities, labels, bins=ECE_BINS):
@@ -84,8 +122,40 @@ def classwise_ece(probabilities, labels, bins=ECE_BINS):
   return float(np.mean(errors))
 
 
+# Scores of how much a cell looks like the training types, from its logits [n, classes] and the temperature;
+# higher = more like them. 'probability': the calibrated top probability. 'energy': T * logsumexp(logits / T),
+# the negative free energy, which keeps the logits' scale that the softmax throws away.
+SCORES = {
+    "probability": lambda logits, t: softmax(logits, t).max(-1),
+    "energy": lambda logits, t: t * logsumexp(np.asarray(logits, np.float64) / t),
+}
+# The validation quantiles of every score kept in calibration.json: 0%, 0.5%, ..., 100%.
+QUANTILES = np.linspace(0.0, 1.0, 201)
+# The score annotation uses for 'Unassigned' unless told otherwise (trust.py measures which separates cells of
+# unseen types better).
+DEFAULT_SCORE = "probability"
+# The share of known cells (validation) that annotation keeps assigned by default.
+KEEP_KNOWN = 0.95
+
+
+def score(name, logits, temperature=1.0):
+  """[n] float64 score `name` (one of SCORES) of each row of logits."""
+  if name not in SCORES:
+    raise ValueError(f"unknown score {name!r}; known: {list(SCORES)}")
+  return np.asarray(SCORES[name](logits, temperature), np.float64)
+
+
+def threshold(record, name, keep=KEEP_KNOWN):
+  """The score `name` below which a cell is 'Unassigned', chosen so that a share `keep` of the validation cells
+  (all of types the model knows) stay assigned: the (1 - keep) quantile of their scores."""
+  if not 0 < keep <= 1:
+    raise ValueError(f"the share of known cells to keep must lie in (0, 1], got {keep}")
+  return float(np.interp(1.0 - keep, QUANTILES, record["val_score_quantiles"][name]))
+
+
 def fit(val_logits, val_labels):
-  """The calibration record of a run: the temperature and the validation NLL and ECE before and after it."""
+  """The calibration record of a run: the temperature, the validation NLL and ECE before and after it, and the
+  validation quantiles of every score in SCORES (with that temperature)."""
   temperature = fit_temperature(val_logits, val_labels)
   before, after = softmax(val_logits), softmax(val_logits, temperature)
   return {
@@ -95,6 +165,8 @@ def fit(val_logits, val_labels):
       "val_nll_after": nll(val_logits, val_labels, temperature),
       "val_ece_before": expected_calibration_error(before, val_labels),
       "val_ece_after": expected_calibration_error(after, val_labels),
+      "val_score_quantiles": {name: np.quantile(score(name, val_logits, temperature), QUANTILES).tolist()
+                              for name in SCORES},
   }
 
 
@@ -112,4 +184,4 @@ def test_record(logits, labels, temperature):
 def load(workdir):
   """A workdir's calibration record (calibration.json), or None for a run trained before calibration existed."""
   path = pathlib.Path(workdir) / "calibration.json"
-  return json.loads(path.read_text()) if path.exists() else None
+  return integrity.read_json(path) if path.exists() else None

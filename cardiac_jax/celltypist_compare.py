@@ -39,6 +39,14 @@ def _import():
   return celltypist
 
 
+def log_normalised(adata):
+  """A copy of adata as CellTypist expects it: counts normalised to 10,000 per cell, then log1p."""
+  adata = adata.copy()
+  sc.pp.normalize_total(adata, target_sum=1e4)
+  sc.pp.log1p(adata)
+  return adata
+
+
 def split_adatas(config, data):
   """(train, test) AnnData of all genes, log1p of counts normalised to 10,000, obs['label'] the class name.
 
@@ -50,12 +58,31 @@ def split_adatas(config, data):
   out = []
   for split in (0, 2):
     rows = np.flatnonzero(data.cell_split == split)
-    part = adata[data.cell_names[rows]].copy()
+    part = log_normalised(adata[data.cell_names[rows]])
     part.obs["label"] = label[rows]
-    sc.pp.normalize_total(part, target_sum=1e4)
-    sc.pp.log1p(part)
     out.append(part)
   return tuple(out)
+
+
+def train_model(train, seed):
+  """A CellTypist model trained with its defaults on `train` (log-normalised, obs['label'])."""
+  celltypist = _import()
+  logging.info("CellTypist: training on %d cells x %d genes", train.n_obs, train.n_vars)
+  np.random.seed(seed)  # CellTypist draws from numpy's global generator
+  with warnings.catch_warnings():
+    # celltypist 1.7.1 passes LogisticRegression(multi_class='ovr'), deprecated in scikit-learn 1.7.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
+    return celltypist.train(train, labels="label", n_jobs=1)
+
+
+def prob_match(model, query, p_thres=0.5):
+  """CellTypist's 'prob match' mode on a log-normalised query: (labels [cells] str, 'Unassigned' where no class
+  reaches p_thres, top per-class probability [cells]), in the query's cell order."""
+  celltypist = _import()
+  predictions = celltypist.annotate(query.copy(), model=model, mode="prob match", p_thres=p_thres)
+  order = query.obs_names
+  labels = predictions.predicted_labels.loc[order, "predicted_labels"].astype(str).to_numpy()
+  return labels, predictions.probability_matrix.loc[order].to_numpy(np.float64).max(1)
 
 
 def fit_and_annotate(config, data, seed):
@@ -68,12 +95,7 @@ def fit_and_annotate(config, data, seed):
   """
   celltypist = _import()
   train, test = split_adatas(config, data)
-  logging.info("CellTypist: training on %d cells x %d genes", train.n_obs, train.n_vars)
-  np.random.seed(seed)  # CellTypist draws from numpy's global generator
-  with warnings.catch_warnings():
-    # celltypist 1.7.1 passes LogisticRegression(multi_class='ovr'), deprecated in scikit-learn 1.7.
-    warnings.filterwarnings("ignore", category=FutureWarning, module="sklearn")
-    model = celltypist.train(train, labels="label", n_jobs=1)
+  model = train_model(train, seed)
   # annotate() and to_adata() change the AnnData they are given: each call gets its own copy.
   predictions = celltypist.annotate(test.copy(), model=model, majority_voting=False)
   best = predictions.to_adata()

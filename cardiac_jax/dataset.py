@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import pathlib
+import zipfile
 
 import numpy as np
 import scanpy as sc
@@ -228,8 +229,14 @@ def prepare(config):
     return _prepare(config)
   path = pathlib.Path(config.data.cache_dir).expanduser() / "prepared" / f"{cache_key(config)}.npz"
   if path.exists():
-    logging.info(f"prepared data read from the cache {path}")
-    return _load_saved(path)
+    try:
+      dataset = _load_saved(path)
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+      logging.warning(f"the prepared-data cache {path} is damaged ({type(e).__name__}: {e}); preparing the data "
+                      "again and rewriting it")
+    else:
+      logging.info(f"prepared data read from the cache {path}")
+      return dataset
   dataset = _prepare(config)
   _save(dataset, path)
   logging.info(f"prepared data cached in {path}")
@@ -245,6 +252,7 @@ def _prepare(config):
   adata, time_points, qc = preprocess.quality_control(
       adata, time_key=data.time_key, label_key=data.label_key, donor_key=data.donor_key, time_order=data.time_order
   )
+  adata = exclude_types(adata, data.label_key, data.exclude_types, path)
   if data.max_len < len(time_points):
     raise ConfigError(f"data.max_len={data.max_len} is less than the {len(time_points)} time points")
   encoding = LabelEncoding.fit(adata.obs[data.label_key])
@@ -256,7 +264,8 @@ def _prepare(config):
   unit = config.split.unit
   fractions = tuple(config.split.fractions)
   cell_split = splitting.split_cells(
-      labels, donors, unit=unit, fractions=fractions, seed=config.seed, classes=classes, path=path
+      labels, donors, unit=unit, fractions=fractions, seed=config.seed, classes=classes, path=path,
+      folds=config.split.folds, fold=config.split.fold,
   )
   train_cells = np.flatnonzero(cell_split == 0)
   fitted, x = preprocess.fit(
@@ -307,6 +316,19 @@ def _prepare(config):
       *parts, encoding=encoding, genes=genes, time_points=time_points, report=report, cell_x=x, cell_labels=labels,
       preprocessing=fitted, cell_names=adata.obs_names.to_numpy().astype(str), cell_split=cell_split,
   )
+
+
+def exclude_types(adata, label_key, types, path):
+  """adata without the cells whose label is one of `types` (a type name the data lack is a ConfigError)."""
+  if not types:
+    return adata
+  labels = adata.obs[label_key].astype(str)
+  unknown = sorted(set(types) - set(labels))
+  if unknown:
+    raise ConfigError(f"data.exclude_types {unknown}: no such type in {path}; types are {sorted(set(labels))}")
+  keep = ~labels.isin(list(types)).to_numpy()
+  logging.info(f"left out {int((~keep).sum()):,} cells of type(s) {list(types)} (data.exclude_types)")
+  return adata[keep].copy()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ from absl import logging
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import calibrate, parallel, preprocess, readers
+from cardiac_jax import calibrate, integrity, parallel, preprocess, readers
 from cardiac_jax import train as train_lib
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import anchored_sequences, cell_sequences
@@ -87,23 +87,17 @@ class Bundle:
     return self.record["batch_size"]
 
 
-def _read_json(path):
-  if not path.exists():
-    raise ConfigError(f"{path}: not found; is {path.parent} the workdir of a finished cardiac_jax run?")
-  return json.loads(path.read_text())
-
-
 def load(workdir):
   """The Bundle of a workdir that train.py wrote (its best checkpoint)."""
   workdir = pathlib.Path(workdir).expanduser()
   if not workdir.is_dir():
     raise ConfigError(f"{workdir}: no such workdir")
   config = train_lib.load_config(workdir)
-  record = _read_json(workdir / "data.json")
+  record = integrity.read_json(workdir / "data.json")
   preprocessing_path = workdir / "preprocessing.json"
   if not preprocessing_path.exists():
     raise ConfigError(f"{preprocessing_path}: not found; a workdir of an earlier version of cardiac_jax? train again")
-  preprocessing = preprocess.Preprocessing.from_json(preprocessing_path.read_text())
+  preprocessing = preprocess.Preprocessing.from_json(json.dumps(integrity.read_json(preprocessing_path)))
   model = train_lib.create_model(config.model, len(record["classes"]))
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), np.zeros((1, config.data.max_len, record["n_features"]), np.float32),
@@ -133,7 +127,9 @@ def predict_logits(bundle, sequences, predict_fn=None, batch_size=None):
   for batch in batches:
     logits = np.asarray(predict_fn(bundle.params, {"x": batch["x"], "lengths": batch["lengths"]}))
     outputs.append(logits[batch["mask"] > 0])
-  return np.concatenate(outputs)
+  logits = np.concatenate(outputs)
+  integrity.check_finite_logits(logits, bundle.workdir / "checkpoints" / "best")
+  return logits
 
 
 def probabilities(bundle, logits):
@@ -150,7 +146,7 @@ def time_indices(bundle, values, path, time_key):
   missing = preprocess.missing(values)
   if missing.any():
     raise DataError(path, f"{int(missing.sum())} cells have no value in the time column {time_key!r}")
-  names = values.astype(str).to_numpy()
+  names = values.astype(str).str.strip().to_numpy()  # as training reads them (preprocess.quality_control)
   index = {t: i for i, t in enumerate(bundle.time_points)}
   unknown = sorted(set(names.tolist()) - set(index), key=preprocess.natural_key)
   if unknown:
@@ -182,8 +178,8 @@ def check_can_annotate(bundle):
         "--config.data.sequence_mode=cell to annotate new cells")
 
 
-def predict_cells(bundle, x, times, groups=None, progress=True, data_parallel=None):
-  """[cells, classes] float32 calibrated class probabilities of every cell of a query, `ANNOTATE_CHUNK` cells at a time.
+def predict_cell_logits(bundle, x, times, groups=None, progress=True, data_parallel=None):
+  """[cells, classes] float32 logits of every cell of a query, `ANNOTATE_CHUNK` cells at a time.
 
   Args:
     x: [cells, genes] the query's log expression (`Preprocessing.transform`); times: [cells] time indices;
@@ -200,19 +196,60 @@ def predict_cells(bundle, x, times, groups=None, progress=True, data_parallel=No
   for lo in range(0, len(x), ANNOTATE_CHUNK):
     cells = np.arange(lo, min(lo + ANNOTATE_CHUNK, len(x)))
     sequences = query_sequences(bundle, x, embedding, times, cells, groups)
-    batch_size = min(ANNOTATE_BATCH, len(x))
-    out[cells] = probabilities(bundle, predict_logits(bundle, sequences, predict_fn, batch_size))
+    out[cells] = predict_logits(bundle, sequences, predict_fn, min(ANNOTATE_BATCH, len(x)))
     bar.update(len(cells))
   bar.close()
   return out
 
 
-def labels_from(probabilities, classes, min_confidence):
-  """(labels [cells] str, confidence [cells]): the most probable class, `UNASSIGNED` below min_confidence."""
+@dataclasses.dataclass(frozen=True)
+class UnassignedRule:
+  """When a cell is labelled 'Unassigned': its score (calibrate.SCORES, from its logits) is below threshold.
+
+  Attributes:
+    score: a name in calibrate.SCORES, or 'none' (every cell gets its most probable class).
+    threshold: the score below which a cell is Unassigned.
+    chosen_by: how the threshold was chosen, in words (for the output's uns and the log).
+  """
+
+  score: str
+  threshold: float
+  chosen_by: str
+
+  def unassigned(self, logits, temperature):
+    """[cells] bool: the cells this rule leaves unassigned."""
+    if self.score == "none":
+      return np.zeros(len(logits), bool)
+    return calibrate.score(self.score, logits, temperature) < self.threshold
+
+
+UNASSIGNED_SCORES = ("none",) + tuple(calibrate.SCORES)
+
+
+def unassigned_rule(bundle, score=calibrate.DEFAULT_SCORE, threshold=None, keep_known=calibrate.KEEP_KNOWN):
+  """The UnassignedRule of a bundle: `threshold` as given, or else the one that keeps a share `keep_known` of the
+  run's validation cells (held-out donors, all of known types) assigned (calibration.json)."""
+  if score not in UNASSIGNED_SCORES:
+    raise ConfigError(f"unknown unassigned score {score!r}; known: {list(UNASSIGNED_SCORES)}")
+  if score == "none":
+    return UnassignedRule("none", float("-inf"), "no cell is left unassigned")
+  if threshold is not None:
+    return UnassignedRule(score, float(threshold), "given")
+  if not 0 < keep_known <= 1:
+    raise ConfigError(f"keep_known must lie in (0, 1], got {keep_known}")
+  if not bundle.calibration or "val_score_quantiles" not in bundle.calibration:
+    raise ConfigError(f"{bundle.workdir}: calibration.json has no validation scores (a run of an earlier version); "
+                      "give the threshold instead (--threshold)")
+  return UnassignedRule(score, calibrate.threshold(bundle.calibration, score, keep_known),
+                        f"keeps {keep_known:.0%} of the validation cells (known types) assigned")
+
+
+def labels_from(probabilities, classes, unassigned):
+  """(labels [cells] str, confidence [cells]): the most probable class, `UNASSIGNED` where `unassigned` [cells]."""
   best = probabilities.argmax(1)
   confidence = probabilities.max(1) if len(probabilities) else np.zeros(0, np.float32)
   labels = np.asarray(classes, dtype=object)[best]
-  labels[confidence < min_confidence] = UNASSIGNED
+  labels[np.asarray(unassigned, bool)] = UNASSIGNED
   return labels, confidence
 
 
@@ -243,38 +280,40 @@ class Annotation:
   """What annotation found for each cell of a query, and how.
 
   Attributes:
-    labels: [cells] str class name, or UNASSIGNED below the confidence threshold.
+    labels: [cells] str class name, or UNASSIGNED where the unassigned rule says so.
     confidence: [cells] float32 probability of the most probable class.
     probabilities: [cells, classes] float32.
+    logits: [cells, classes] float32, before calibration (what every Unassigned score is computed from).
     info: JSON-ready: classes, time points, genes used and missing, settings, the workdir, the version.
   """
 
   labels: np.ndarray
   confidence: np.ndarray
   probabilities: np.ndarray
+  logits: np.ndarray
   info: dict
 
   def summary(self, seconds):
     counts = pd.Series(self.labels).value_counts()
     per_class = ", ".join(f"{name} {int(counts.get(name, 0)):,}" for name in self.info["classes"])
+    rule = self.info["unassigned"]
     return (f"annotated {len(self.labels):,} cells in {seconds:.1f} s: {per_class}; {UNASSIGNED} "
-            f"{int(counts.get(UNASSIGNED, 0)):,} ({float((self.labels == UNASSIGNED).mean()):.1%}) below "
-            f"confidence {self.info['min_confidence']}")
+            f"{int(counts.get(UNASSIGNED, 0)):,} ({float((self.labels == UNASSIGNED).mean()):.1%}): {rule['score']} "
+            f"below {rule['threshold']:.4g} ({rule['chosen_by']})")
 
 
-def _annotation(bundle, adata, path, *, time_key, donor_key, gene_key, normalization, min_confidence, progress):
-  """The Annotation of an AnnData (in memory or backed)."""
+def _annotation(bundle, adata, path, *, time_key, donor_key, gene_key, normalization, rule, progress):
+  """The Annotation of an AnnData (in memory or backed) with an UnassignedRule."""
   _validate(adata, path)
   check_can_annotate(bundle)
-  if not 0 <= min_confidence <= 1:
-    raise ConfigError(f"min_confidence must lie in [0, 1], got {min_confidence}")
   times, groups, donor_key = _query_columns(bundle, adata.obs, path, time_key, donor_key)
   x, report = bundle.preprocessing.transform(adata, normalization=normalization, gene_key=gene_key)
   logging.info("query %s: %s cells, values read as %s, %d of the model's %d genes missing%s", path,
                f"{len(x):,}", report["normalization"], len(report["missing_genes"]), len(bundle.preprocessing.genes),
                f" ({report['missing_genes'][:10]})" if report["missing_genes"] else "")
-  probabilities = predict_cells(bundle, x, times, groups, progress)
-  labels, confidence = labels_from(probabilities, bundle.classes, min_confidence)
+  logits = predict_cell_logits(bundle, x, times, groups, progress)
+  probabilities = calibrate.softmax(logits, bundle.temperature).astype(np.float32)
+  labels, confidence = labels_from(probabilities, bundle.classes, rule.unassigned(logits, bundle.temperature))
   info = {
       "classes": list(bundle.classes),
       "time_points": list(bundle.time_points),
@@ -284,19 +323,19 @@ def _annotation(bundle, adata, path, *, time_key, donor_key, gene_key, normaliza
       "normalization": report["normalization"],
       "sequence_mode": bundle.sequence_mode,
       "context_donor_column": donor_key if groups is not None else "",
-      "min_confidence": float(min_confidence),
+      "unassigned": dataclasses.asdict(rule),
       "temperature": bundle.temperature,
       "workdir": str(bundle.workdir.absolute()),
       "version": importlib.metadata.version("cardiac_jax"),
   }
-  return Annotation(labels, confidence, probabilities, info)
+  return Annotation(labels, confidence, probabilities, logits, info)
 
 
 def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, normalization="auto",
-             min_confidence=0.5, progress=True):
+             unassigned_score=calibrate.DEFAULT_SCORE, threshold=None, keep_known=calibrate.KEEP_KNOWN, progress=True):
   """Labels every cell of an AnnData; returns an annotated copy (the input is not changed).
 
-  The copy gains obs['cardiac_jax_label'] (categorical; 'Unassigned' below min_confidence),
+  The copy gains obs['cardiac_jax_label'] (categorical; 'Unassigned' where the unassigned rule says so),
   obs['cardiac_jax_confidence'], obsm['cardiac_jax_probabilities'] [cells, classes] and uns['cardiac_jax'].
 
   Args:
@@ -306,11 +345,19 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
     donor_key: obs column of the donor (context comes from each cell's own donor); None: the training
       config's, if present; '' for none.
     gene_key: var column of gene names (default var_names); normalization: 'auto' or what X holds.
-    min_confidence: cells whose top probability is below this are labelled 'Unassigned'.
+    unassigned_score, threshold, keep_known: a cell is 'Unassigned' when its score (calibrate.SCORES; 'none':
+      never) is below `threshold`, by default the one that keeps a share `keep_known` of the run's validation
+      cells assigned (`unassigned_rule`).
   """
+  rule = unassigned_rule(bundle, unassigned_score, threshold, keep_known)
+  return _annotated_copy(bundle, adata, rule=rule, time_key=time_key, donor_key=donor_key, gene_key=gene_key,
+                         normalization=normalization, progress=progress)
+
+
+def _annotated_copy(bundle, adata, **settings):
+  """(annotated copy, Annotation) of an AnnData: `annotate` with an UnassignedRule already chosen."""
   path = preprocess.source_path(adata) if isinstance(adata, anndata.AnnData) else "<AnnData>"
-  result = _annotation(bundle, adata, path, time_key=time_key, donor_key=donor_key, gene_key=gene_key,
-                       normalization=normalization, min_confidence=min_confidence, progress=progress)
+  result = _annotation(bundle, adata, path, **settings)
   out = adata.to_memory() if adata.isbacked else adata.copy()
   obs, obsm, uns = _outputs(out.obs, result)
   out.obs = obs
@@ -328,7 +375,8 @@ def _outputs(obs, result):
 
 
 def annotate_file(workdir, input_path, output_path, *, time_key=None, donor_key=None, gene_key=None,
-                  normalization="auto", min_confidence=0.5, geo_matrix="counts", progress=True):
+                  normalization="auto", unassigned_score=calibrate.DEFAULT_SCORE, threshold=None,
+                  keep_known=calibrate.KEEP_KNOWN, geo_matrix="counts", progress=True):
   """Annotates an .h5ad file or a GSE175634-layout GEO folder into a new .h5ad at output_path.
 
   The output is written completely or not at all (a temporary file beside it, renamed at the end); the input
@@ -347,11 +395,12 @@ def annotate_file(workdir, input_path, output_path, *, time_key=None, donor_key=
     raise ConfigError(f"{output_path.parent}: the output's folder does not exist")
   bundle = load(workdir)
   check_can_annotate(bundle)
-  settings = dict(time_key=time_key, donor_key=donor_key, gene_key=gene_key, normalization=normalization,
-                  min_confidence=min_confidence, progress=progress)
+  rule = unassigned_rule(bundle, unassigned_score, threshold, keep_known)
+  settings = dict(time_key=time_key, donor_key=donor_key, gene_key=gene_key, normalization=normalization, rule=rule,
+                  progress=progress)
   if input_path.is_dir():
     adata = readers.read_geo(input_path, geo_matrix, required=(time_key or bundle.config.data.time_key,))
-    annotated, result = annotate(bundle, adata, **settings)
+    annotated, result = _annotated_copy(bundle, adata, **settings)
     train_lib.write_atomic(output_path, lambda tmp: annotated.write_h5ad(tmp))
   else:
     adata = readers.read_h5ad(input_path, time_key="", backed=True)

@@ -322,6 +322,9 @@ class EnhancedCardiacRNN(nn.Module):
     pooling: 'mean' (the seed's: the mean over valid steps) or 'anchor' (the state at the step whose last
       input channel is 1: the labelled cell of an anchored sequence, read after the LSTM and attention have
       mixed in its context).
+    layer_norm_eps: epsilon of every LayerNorm; PyTorch's 1e-5 (the seed's), Flax's own default is 1e-6.
+    attention_dropout_per_sequence: draw the attention-weight dropout mask for each sequence and head, as
+      PyTorch's nn.MultiheadAttention does; False shares one mask across the batch (Flax's default).
     dtype: computation dtype, a name in DTYPES: 'float32' (default) or 'bfloat16' (activations and matrix
       products in bfloat16, float32 parameters and logits).
   """
@@ -336,6 +339,8 @@ class EnhancedCardiacRNN(nn.Module):
   bidirectional: bool = True
   lstm_impl: str = 'fused'
   pooling: str = 'mean'
+  layer_norm_eps: float = 1e-5
+  attention_dropout_per_sequence: bool = True
   dtype: str = 'float32'
 
   @nn.compact
@@ -356,7 +361,7 @@ class EnhancedCardiacRNN(nn.Module):
     dtype = DTYPES[self.dtype]
 
     h = nn.Dense(self.hidden_dim, dtype=dtype, name='input_proj')(x)
-    h = nn.LayerNorm(dtype=dtype, name='input_norm')(h)
+    h = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name='input_norm')(h)
     h = nn.relu(h)
     h = nn.Dropout(self.input_dropout, deterministic=not train)(h)
 
@@ -370,15 +375,18 @@ class EnhancedCardiacRNN(nn.Module):
 
     if self.use_attention:
       # Valid queries attend to valid keys only. A padded query sees no key; Flax then gives it
-      # uniform (finite) weights, and its output is dropped by the pooling below.
+      # uniform (finite) weights, and its output is dropped by the pooling below. The weights
+      # `[batch, heads, queries, keys]` are sown into 'intermediates' ('attention', 'attention_weights')
+      # when that collection is mutable (interpret.py); otherwise nothing is kept.
       attended = nn.MultiHeadDotProductAttention(
           num_heads=self.num_heads,
           qkv_features=h.shape[-1],
           dropout_rate=self.dropout,
+          broadcast_dropout=not self.attention_dropout_per_sequence,
           deterministic=not train,
           dtype=dtype,
-          name='attention')(h, mask=nn.make_attention_mask(mask, mask))
-      h = nn.LayerNorm(dtype=dtype, name='attention_norm')(h + attended)
+          name='attention')(h, mask=nn.make_attention_mask(mask, mask), sow_weights=True)
+      h = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name='attention_norm')(h + attended)
 
     # Mean over valid steps, or the anchor's step; the denominator is at least 1 so that an all-padding
     # row (as a filler row of a last batch might be) pools to zeros rather than NaN.
@@ -390,7 +398,7 @@ class EnhancedCardiacRNN(nn.Module):
 
     for i, dim in enumerate(self.head_dims):
       h = nn.Dense(dim, dtype=dtype, name=f'head_{i}')(h)
-      h = nn.LayerNorm(dtype=dtype, name=f'head_norm_{i}')(h)
+      h = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name=f'head_norm_{i}')(h)
       h = nn.relu(h)
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
     return nn.Dense(self.num_classes, dtype=dtype, name='classifier')(h).astype(jnp.float32)

@@ -13,6 +13,7 @@ import re
 
 import anndata
 import numpy as np
+from absl import logging
 import pandas as pd
 import scanpy as sc
 import scipy.sparse as sp
@@ -44,7 +45,9 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
   """Checks the obs columns, cleans X and drops unusable cells.
 
   Non-finite entries of X are set to 0 and counted; cells with no counts, no label or no time are dropped and
-  counted. A time value outside `time_order` is an error (a typo there would silently drop a whole day).
+  counted. A time value outside `time_order` is an error (a typo there would silently drop a whole day), and
+  so is a negative value in X (`check_not_negative`). Label, time and donor values are read without
+  surrounding whitespace: 'CM' and 'CM ' are one class (the values changed are counted in the report).
 
   Args:
     adata: AnnData with X [cells, genes] and the named obs columns; `uns['source_path']` names its file.
@@ -65,6 +68,12 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
   n_nonfinite = int(bad.sum())
   if n_nonfinite:
     values[bad] = 0
+  check_not_negative(values, path)
+  stripped = 0
+  for key in (time_key, label_key, donor_key):
+    if key:
+      column, changed = _stripped(adata.obs[key])
+      adata.obs[key], stripped = column, stripped + changed
   times = adata.obs[time_key].astype(object)
   no_time = missing(times)
   present = sorted({str(t) for t in times[~no_time]}, key=natural_key)
@@ -89,6 +98,7 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
       "dropped_no_time": int(no_time.sum()),
       "dropped_no_donor": int(no_donor.sum()),
       "cells_kept": int(keep.sum()),
+      "values_stripped_of_whitespace": stripped,
   }
   if not keep.any():
     raise DataError(path, f"no usable cells left after quality control: {report}")
@@ -102,15 +112,59 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
   return adata, time_points, report
 
 
-def detect_normalization(x):
-  """Guesses what X holds from its non-zero values: 'counts', 'linear' (FPKM/TPM-like) or 'log'."""
+def _stripped(column):
+  """(column with surrounding whitespace removed from its string values, how many values changed)."""
+  text = column.astype(object)
+  strings = text.map(lambda v: isinstance(v, str))
+  if not strings.any():
+    return column, 0
+  clean = text.where(~strings, text[strings].str.strip())
+  changed = int((clean[strings] != text[strings]).sum())
+  return (clean if changed else column), changed
+
+
+def check_not_negative(values, path):
+  """Raises DataError naming `path` if X holds negative values (scaled or z-scored data): cardiac_jax expects
+  raw counts, linear (FPKM/TPM-like) or log(1 + x) values, all >= 0; scaled data would lose their cells as
+  'no counts' and their meaning in the log transform."""
+  values = values.data if sp.issparse(values) else np.asarray(values)
+  negative = values < 0
+  if negative.any():
+    raise DataError(path, f"X holds {int(negative.sum()):,} negative values (min {float(values.min()):.3g}): scaled "
+                          "or z-scored data? cardiac_jax needs raw counts, FPKM/TPM-like or log(1 + x) values (>= 0); "
+                          "give it the unscaled matrix (e.g. adata.raw or the counts layer)")
+
+
+# detect_normalization's rule, on up to SAMPLE non-zero values: counts if at most MAX_NON_INTEGER of them are
+# not whole numbers; otherwise linear (FPKM/TPM-like) if more than MAX_LARGE of them exceed LOG_MAX (log1p of
+# counts normalised to 1e4 stays below 10), else log. Shares, not the single largest or odd value, decide.
+SAMPLE = 1_000_000
+MAX_NON_INTEGER = 0.01
+MAX_LARGE = 0.01
+LOG_MAX = 30
+
+
+def normalization_evidence(x):
+  """(kind, why): what X holds, 'counts', 'linear' (FPKM/TPM-like) or 'log', and the shares that decided it."""
   values = x.data if sp.issparse(x) else np.asarray(x).ravel()
-  values = values[values != 0][:1_000_000]
-  if values.size == 0 or values.min() < 0:
-    return "log"
-  if np.allclose(values, np.round(values)):
-    return "counts"
-  return "linear" if values.max() > 30 else "log"
+  values = values[values != 0][:SAMPLE]
+  if values.size == 0:
+    return "log", "X has no non-zero values"
+  non_integer = float(np.mean(np.abs(values - np.round(values)) > 1e-6))
+  large = float(np.mean(values > LOG_MAX))
+  shares = (f"{non_integer:.2%} of {values.size:,} non-zero values are not whole numbers, {large:.2%} exceed "
+            f"{LOG_MAX}")
+  if non_integer <= MAX_NON_INTEGER:
+    return "counts", f"{shares} (counts: at most {MAX_NON_INTEGER:.0%} not whole)"
+  if large > MAX_LARGE:
+    return "linear", f"{shares} (linear: more than {MAX_LARGE:.0%} above {LOG_MAX})"
+  return "log", f"{shares} (log: at most {MAX_LARGE:.0%} above {LOG_MAX})"
+
+
+def detect_normalization(x):
+  """Guesses what X holds from its non-zero values: 'counts', 'linear' (FPKM/TPM-like) or 'log' (see
+  `normalization_evidence` for the rule)."""
+  return normalization_evidence(x)[0]
 
 
 def log_columns(x, columns, kind, target_sum, dense=True):
@@ -266,12 +320,13 @@ def normalize_and_select(adata, train_cells, *, n_genes, normalization="auto", h
   path = source_path(adata)
   if normalization not in NORMALIZATIONS:
     raise ConfigError(f"data.normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-  kind = detect_normalization(adata.X) if normalization == "auto" else normalization
+  kind, why = normalization_evidence(adata.X) if normalization == "auto" else (normalization, "data.normalization")
+  logging.info("%s: values read as %s: %s", path, kind, why)
   if n_genes > adata.n_vars:
     raise DataError(path, f"data.n_genes={n_genes} but the data have only {adata.n_vars} genes")
   on_counts = kind == "counts" and hvg_flavor == "seurat_v3"
   x = adata.X.tocsr() if sp.issparse(adata.X) else sp.csr_matrix(adata.X)
-  ranked = np.flatnonzero(detected_in(x, train_cells) >= min_cells)
+  ranked = np.flatnonzero((detected_in(x, train_cells) >= min_cells) & first_of_each_name(adata.var_names, path))
   if len(ranked) < n_genes:
     raise DataError(path, f"only {len(ranked)} genes are detected in >= {min_cells} training cells; "
                           f"data.n_genes={n_genes} cannot be chosen")
@@ -368,7 +423,8 @@ class Preprocessing:
     path = source_path(adata)
     names = _gene_names(adata, gene_key, path)
     columns, missing = self.match_genes(names, path)
-    blocks = (_csr(adata.X[lo : lo + TRANSFORM_BLOCK]) for lo in range(0, adata.n_obs, TRANSFORM_BLOCK))
+    blocks = (_not_negative(_csr(adata.X[lo : lo + TRANSFORM_BLOCK]), path)
+              for lo in range(0, adata.n_obs, TRANSFORM_BLOCK))
     first = _csr(adata.X[:TRANSFORM_BLOCK])
     kind = check_kind(first, normalization, path)
     return self.transform_blocks(blocks, columns, kind), {"normalization": kind, "missing_genes": missing}
@@ -388,6 +444,21 @@ class Preprocessing:
     return cls(**fields)
 
 
+def first_of_each_name(names, path):
+  """[genes] bool: True at the first column of each gene name. A duplicated name's other columns are never
+  chosen (the model's gene list names each gene once, and a query is read by name: its first column)."""
+  first = ~pd.Index(names).duplicated(keep="first")
+  if not first.all():
+    logging.warning("%s: %d duplicated gene names (e.g. %s); only the first column of each can be chosen", path,
+                    int((~first).sum()), list(pd.Index(names)[~first][:5]))
+  return first
+
+
+def _not_negative(block, path):
+  check_not_negative(block, path)
+  return block
+
+
 def _csr(x):
   return x.tocsr() if sp.issparse(x) else sp.csr_matrix(np.asarray(x))
 
@@ -404,6 +475,7 @@ def check_kind(x, normalization, path):
   """The kind of values X holds: `normalization` if given, else detected from x (a CSR block of X)."""
   if normalization not in NORMALIZATIONS:
     raise ConfigError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+  check_not_negative(x, path)
   return detect_normalization(x) if normalization == "auto" else normalization
 
 

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
-from cardiac_jax import calibrate, inference
+from cardiac_jax import calibrate, inference, integrity
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import train as train_lib
 from cardiac_jax.model import count_params
@@ -87,6 +87,7 @@ def score(workdir):
     (bundle, test Sequences, logits [n, classes], classification report of the test split).
   """
   bundle = inference.load(workdir)
+  integrity.check_test_digest(bundle.workdir / "test_sequences.npz", bundle.record)
   test, _ = train_lib.load_test_sequences(bundle.workdir)
   logits = inference.predict_logits(bundle, test)
   return bundle, test, logits, metrics_lib.classification_report(test.labels, logits.argmax(-1), bundle.classes)
@@ -109,18 +110,23 @@ def evaluate(workdir):
       leakage=record["report"]["leakage"],
       calibration=dict(bundle.calibration or {}, **calibrate.test_record(logits, test.labels, bundle.temperature)),
   )
+  integrity.check_finite_record(report, workdir / "report" / "report.json")
   history = train_lib.read_metrics(workdir)
   out = workdir / "report"
   staging = pathlib.Path(tempfile.mkdtemp(prefix=".report-", dir=workdir))
-  (staging / "report.json").write_text(json.dumps(report, indent=2))
-  np.savez(staging / "test_predictions.npz", logits=logits, labels=test.labels, classes=np.asarray(classes))
-  plot_confusion(
-      report["confusion_matrix"], classes, staging / "confusion.png",
-      f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
-  )
-  plot_learning_curves(history, staging / "learning_curves.png")
-  plot_reliability(logits, test.labels, bundle.temperature, staging / "reliability.png",
-                   f"test {train_lib.test_unit(config)}s, split by {config.split.unit}")
+  try:
+    (staging / "report.json").write_text(json.dumps(report, indent=2))
+    np.savez(staging / "test_predictions.npz", logits=logits, labels=test.labels, classes=np.asarray(classes))
+    plot_confusion(
+        report["confusion_matrix"], classes, staging / "confusion.png",
+        f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
+    )
+    plot_learning_curves(history, staging / "learning_curves.png")
+    plot_reliability(logits, test.labels, bundle.temperature, staging / "reliability.png",
+                     f"test {train_lib.test_unit(config)}s, split by {config.split.unit}")
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)  # a full disk or Ctrl-C leaves no half-written report
+    raise
   if out.exists():
     shutil.rmtree(out)
   staging.rename(out)

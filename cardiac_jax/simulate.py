@@ -255,6 +255,35 @@ def _gene_model(n_genes, seed):
   return _GeneModel(names, log_base, programs, drift, s_genes, g2m_genes, dispersion)
 
 
+def programmes(n_genes=4000, seed=0):
+  """The simulator's ground truth: each type's programme, {type: {gene name: log-fold change}}.
+
+  A type's programme is the log-fold change that `write_gse175634(n_genes=n_genes, seed=seed)` adds to the
+  log mean of its cells (scaled by each cell's strength and the data set's `signal`): its markers (2.5-3.5),
+  its real support genes (1.0-2.0), its synthetic programme genes (0.6-1.4, a quarter of them lowered), the
+  modules it shares with a neighbouring type (0.6-1.4, the same in both) and 0.3 of that neighbour's marker
+  changes. Only nonzero entries, in gene-list order. The day drift, shared by all types, is not part of any
+  programme. Built from the same gene model the writer draws (same streams), so it changes nothing written.
+  """
+  model = _gene_model(n_genes, seed)
+  return {t: {model.names[g]: float(model.programs[i, g]) for g in np.flatnonzero(model.programs[i])}
+          for i, t in enumerate(TYPES)}
+
+
+def true_genes(n_genes=4000, seed=0):
+  """Each type's true genes, {type: gene names, largest log-fold change first}: the genes its programme raises,
+  and raises more than any other type's programme does (so a module shared equally by two types is neither's,
+  and a neighbour's marker spillover stays the neighbour's).
+  """
+  model = _gene_model(n_genes, seed)
+  out = {}
+  for i, t in enumerate(TYPES):
+    own, others = model.programs[i], np.delete(model.programs, i, axis=0).max(0)
+    genes = np.flatnonzero((own > 0) & (own > others))
+    out[t] = tuple(model.names[g] for g in genes[np.argsort(-own[genes], kind="stable")])
+  return out
+
+
 def _donor_effects(n_genes, n_donors, seed):
   """Per-donor gene log-fold noise (n_donors, n_genes) on 30% of genes, and library factors."""
   rng = np.random.default_rng([_STREAM_DONORS, seed, n_genes, n_donors])
@@ -469,6 +498,25 @@ def _write_table(path, frame, header=True):
     gz.write(text.encode())
 
 
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_partials(out_dir):
+  """Removes the temporary folders of out_dir left by a writer that was killed (kill -9 leaves no chance to
+  clean up): `.{name}.{pid}.*.partial` whose process is gone. A live writer's folder is left alone."""
+  for tmp in pathlib.Path(out_dir).parent.glob(f".{pathlib.Path(out_dir).name}.*.partial"):
+    pid = tmp.name.split(".")[2]
+    if not pid.isdigit() or not _alive(int(pid)):
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def _atomic_dir(out_dir):
   """Yields a temporary folder next to out_dir, renamed to out_dir when the block completes.
@@ -480,7 +528,8 @@ def _atomic_dir(out_dir):
   if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
     raise FileExistsError(f"{out_dir} already exists and is not empty; not overwriting it")
   out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial",
+  remove_stale_partials(out_dir)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{os.getpid()}.", suffix=".partial",
                                       dir=out_dir.parent))
   try:
     yield tmp

@@ -8,6 +8,7 @@ from one pool and splits the sequences afterwards, as the seed did, so cells are
 import numpy as np
 
 from cardiac_jax.errors import ConfigError, DataError
+from cardiac_jax.preprocess import natural_key
 
 SPLITS = ("train", "val", "test")
 UNITS = ("sequence", "cell", "donor")
@@ -38,18 +39,38 @@ def stratified_split(labels, fractions, rng):
   return split
 
 
-def _donor_split(labels, donors, fractions, rng, n_classes, path):
-  """[cells] split ids with whole donors in one split; every split must hold every class."""
+def fold_donors(names, folds):
+  """[donors] fold of each donor name for a leave-donors-out loop: natural order of the names, dealt in turn
+  into `folds` groups, so the folds do not depend on the seed and every donor is in exactly one."""
+  order = sorted(range(len(names)), key=lambda i: natural_key(names[i]))
+  fold = np.empty(len(names), np.int64)
+  fold[order] = np.arange(len(names)) % folds
+  return fold
+
+
+def _donor_split(labels, donors, fractions, rng, n_classes, path, folds=0, fold=0):
+  """[cells] split ids with whole donors in one split; every split must hold every class.
+
+  With folds > 0 the test donors are fold `fold` of `fold_donors`, and the other donors are shared between
+  train and validation in the ratio of the first two fractions.
+  """
   names, donor_of_cell = np.unique(donors, return_inverse=True)
   if len(names) < len(fractions):
     raise DataError(path, f"split.unit='donor' needs at least {len(fractions)} donors, found {len(names)}: {list(names)}")
+  if folds and not (2 <= folds <= len(names) and 0 <= fold < folds):
+    raise ConfigError(f"split.folds={folds}, split.fold={fold}: need 2 <= folds <= {len(names)} donors and "
+                      "0 <= fold < folds")
   counts = np.zeros((len(names), n_classes))
   np.add.at(counts, (donor_of_cell, labels), 1)
   overall = counts.sum(0) / counts.sum()
-  sizes = split_sizes(len(names), fractions)
+  test = fold_donors(names, folds) == fold if folds else np.zeros(len(names), bool)
+  rest = np.flatnonzero(~test)
+  shares = fractions[:2] if folds else fractions
+  sizes = split_sizes(len(rest), shares)
   best, best_cost = None, np.inf
   for _ in range(DONOR_TRIALS):
-    donor_split = np.repeat(np.arange(len(fractions)), sizes)[rng.permutation(len(names))]
+    donor_split = np.full(len(names), 2)
+    donor_split[rest] = np.repeat(np.arange(len(shares)), sizes)[rng.permutation(len(rest))]
     per_split = np.stack([counts[donor_split == s].sum(0) for s in range(len(fractions))])
     if (per_split == 0).any():
       continue
@@ -65,7 +86,7 @@ def _donor_split(labels, donors, fractions, rng, n_classes, path):
   return best[donor_of_cell].astype(np.int8)
 
 
-def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>"):
+def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>", folds=0, fold=0):
   """Assigns every cell to a split.
 
   Args:
@@ -76,6 +97,8 @@ def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>"
     seed: makes the split deterministic.
     classes: class names, for error messages.
     path: the data's file, for error messages.
+    folds, fold: 'donor' unit only: with folds > 0, the test donors are fold `fold` of `fold_donors` (a
+      leave-donors-out loop runs fold = 0 .. folds - 1) and fractions[2] is not used.
 
   Returns:
     [cells] int8 split ids.
@@ -91,7 +114,7 @@ def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>"
   else:
     if donors is None:
       raise DataError(path, "split.unit='donor' needs a donor column (data.donor_key)")
-    split = _donor_split(labels, np.asarray(donors), fractions, rng, len(classes), path)
+    split = _donor_split(labels, np.asarray(donors), fractions, rng, len(classes), path, folds, fold)
   check_every_class(labels, split, classes, path, what="cells")
   return split
 

@@ -15,6 +15,7 @@ A workdir holds everything a run writes:
   results.json     final train/val/test accuracy of the best model
 """
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -34,7 +35,7 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import calibrate
+from cardiac_jax import calibrate, checks, integrity
 from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import parallel
@@ -73,7 +74,12 @@ class TrainState(train_state.TrainState):
 
 
 def create_model(model_config, num_classes):
-  return EnhancedCardiacRNN(num_classes=num_classes, **model_config.to_dict())
+  fields = model_config.to_dict()
+  known = {f.name for f in dataclasses.fields(EnhancedCardiacRNN)} - {"parent", "name", "num_classes"}
+  for field in fields:
+    if field not in known:
+      raise ConfigError(f"config: unknown config field 'model.{field}'{checks.closest(field, known)}")
+  return EnhancedCardiacRNN(num_classes=num_classes, **fields)
 
 
 def make_optimizer(train_config):
@@ -242,12 +248,16 @@ def config_to_json(config):
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
 
 
+# Model options added after runs were written with Flax's defaults: a config.json without them gets these, so an
+# older run's model is restored as it was trained.
+EARLIER_MODEL_DEFAULTS = {"layer_norm_eps": 1e-6, "attention_dropout_per_sequence": False}
+
+
 def load_config(workdir):
   """The ConfigDict a workdir's run used."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.exists():
-    raise ConfigError(f"{path}: no config.json; is {workdir} a cardiac_jax workdir?")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  saved = integrity.read_json(pathlib.Path(workdir) / "config.json")
+  saved["model"] = dict(EARLIER_MODEL_DEFAULTS, **saved.get("model", {}))
+  return ml_collections.ConfigDict(saved)
 
 
 class Checkpoints:
@@ -267,10 +277,14 @@ class Checkpoints:
     )
 
   def save(self, epoch, state, meta, improved):
-    """Saves the latest state, and the parameters too when the epoch improved on the best."""
+    """Saves the latest state, and the parameters too when the epoch improved on the best; then records the
+    digests of what was saved (integrity.record_checkpoint)."""
     if improved:
       self.best.save(epoch, args=ocp.args.Composite(params=ocp.args.StandardSave(state.params), meta=ocp.args.JsonSave(meta)), metrics=meta)
     self.latest.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(_saved(state)), meta=ocp.args.JsonSave(meta)))
+    for manager in (self.best, self.latest) if improved else (self.latest,):
+      manager.wait_until_finished()
+      integrity.record_checkpoint(_step_dir(manager, epoch), write_atomic)
 
   def restore_latest(self, state):
     """(state, meta) of the latest epoch, or (state, None) when there is none."""
@@ -294,6 +308,7 @@ def _restore(manager, epoch, args):
 
   That happens with a workdir written by an earlier version of cardiac_jax whose parameter layout differed.
   """
+  integrity.verify_checkpoint(_step_dir(manager, epoch), write_atomic)
   try:
     return manager.restore(epoch, args=args)
   except ValueError as error:
@@ -302,6 +317,10 @@ def _restore(manager, epoch, args):
         f"{manager.directory}: the checkpoint of epoch {epoch} does not fit this model's parameters (written by "
         f"another version of cardiac_jax?); train again in a new --workdir. Orbax: {first_line}"
     ) from error
+
+
+def _step_dir(manager, epoch):
+  return pathlib.Path(manager.directory) / str(epoch)
 
 
 def _saved(state):
@@ -324,9 +343,11 @@ def restore_best_params(workdir, params_like):
   return restored["params"], restored["meta"]
 
 
-def data_record(data, batch_size):
-  """What data.json keeps of a Dataset: enough to decode labels and to check a restored run's inputs."""
+def data_record(data, batch_size, test_digest):
+  """What data.json keeps of a Dataset: enough to decode labels and to check a restored run's inputs (the
+  sha256 of test_sequences.npz, which eval.py scores, included)."""
   return {
+      "test_sequences_sha256": test_digest,
       "classes": list(data.encoding.classes),
       "genes": list(data.genes),
       "time_points": list(data.time_points),
@@ -364,15 +385,19 @@ def check_same_inputs(expected, data, where):
                       f"{data.train.x.shape[-1]} (another data.sequence_mode?)")
 
 
-def _prepare_workdir(config, workdir):
-  """Creates workdir, or checks that an existing one was made with this config (to resume or extend it).
+@contextlib.contextmanager
+def claimed_workdir(config, workdir):
+  """Creates workdir, or checks that an existing one was made with this config (to resume or extend it), and
+  holds its lock while the run writes (integrity.workdir_lock). Done before any data preparation.
 
-  Only train.num_epochs may differ, so that a finished run can be continued for more epochs.
+  Only train.num_epochs may differ, so that a finished run can be continued for more epochs. A workdir this
+  call created is removed again if the run fails before writing anything into it.
   """
-  workdir.mkdir(parents=True, exist_ok=True)
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f"{workdir}: is a file, not a workdir folder; name another --workdir")
   saved = workdir / "config.json"
   if saved.exists():
-    before = json.loads(saved.read_text())
+    before = json.loads(config_to_json(load_config(workdir)))
     now = json.loads(config_to_json(config))
     before["train"].pop("num_epochs", None)
     now["train"].pop("num_epochs", None)
@@ -380,6 +405,16 @@ def _prepare_workdir(config, workdir):
     now.pop("parallel", None)
     if before != now:
       raise ConfigError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
+  created = not workdir.exists()
+  workdir.mkdir(parents=True, exist_ok=True)
+  try:
+    with integrity.workdir_lock(workdir):
+      yield
+  except BaseException:
+    if created and [p.name for p in workdir.iterdir()] == [integrity.LOCK_NAME]:
+      (workdir / integrity.LOCK_NAME).unlink()
+      workdir.rmdir()
+    raise
 
 
 def initial_state(config, data):
@@ -410,6 +445,12 @@ def train_and_evaluate(config, workdir):
     dict of final results (also written to workdir/results.json).
   """
   workdir = pathlib.Path(workdir).expanduser()
+  checks.check_values(config)
+  with claimed_workdir(config, workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir):
   started = time.perf_counter()
   parallel.initialize(config.parallel)
   mesh = parallel.data_parallel(config.parallel.num_devices)
@@ -417,14 +458,15 @@ def train_and_evaluate(config, workdir):
   seconds = {"data": time.perf_counter() - started}
   state = mesh.replicate(initial_state(config, data))
   n_params = count_params(state.params)
-  _prepare_workdir(config, workdir)
   batch_size = config.train.batch_size or batching.adaptive_batch_size(len(data.train))
   mesh.check_batch_size(batch_size)
   logging.info("%s", mesh.describe())
-  write_atomic(workdir / "config.json", config_to_json(config))
-  write_atomic(workdir / "data.json", json.dumps(data_record(data, batch_size), indent=2))
-  write_atomic(workdir / "preprocessing.json", data.preprocessing.to_json())
   save_test_sequences(workdir / "test_sequences.npz", data)
+  # Only the main process writes the workdir's files (write_atomic); it alone records their digest.
+  test_digest = integrity.file_digest(workdir / "test_sequences.npz") if parallel.is_main_process() else None
+  write_atomic(workdir / "config.json", config_to_json(config))
+  write_atomic(workdir / "data.json", json.dumps(data_record(data, batch_size, test_digest), indent=2))
+  write_atomic(workdir / "preprocessing.json", data.preprocessing.to_json())
   dropout_rng = mesh.replicate(jax.random.fold_in(jax.random.key(config.seed), 1))
 
   checkpoints = Checkpoints(workdir)
@@ -458,57 +500,99 @@ def train_and_evaluate(config, workdir):
       f"{n_params:,}", len(data.train), batch_size, config.train.num_epochs,
   )
   patience = config.train.early_stop_patience
-  for epoch in range(tracker["epoch"] + 1, config.train.num_epochs + 1):
-    if tracker["epochs_since_best"] >= patience:
-      break
-    start = time.perf_counter()
-    shuffle = np.random.default_rng([config.seed, 3, epoch])
-    batches = tqdm(
-        batching.iterate(data.train, batch_size, shuffle, steps), total=n_batches, desc=f"epoch {epoch}", leave=False, disable=None
-    )
-    sums = {}
-    for batch in batches:
-      state, batch_sums = step(state, batch, dropout_rng)
-      sums = metrics_lib.add(sums, batch_sums)
-    train_metrics = metrics_lib.normalize(sums)
-    train_seconds = time.perf_counter() - start
-    val_metrics, _ = predict(eval_fn, state.params, data.val, batch_size, steps)
-    learning_rate = config.train.learning_rate * float(state.plateau.scale)
-    state = plateau_step(state, plateau, val_metrics["loss"])
-    tracker, improved = track_best(tracker, epoch, val_metrics["accuracy"])
-    record = {
-        "epoch": epoch,
-        "train_loss": train_metrics["loss"],
-        "train_accuracy": train_metrics["accuracy"],
-        "val_loss": val_metrics["loss"],
-        "val_accuracy": val_metrics["accuracy"],
-        "learning_rate": learning_rate,
-        "sequences_per_second": len(data.train) / train_seconds,
-        "seconds": time.perf_counter() - start,
-    }
-    checkpoints.save(epoch, state, dict(tracker, val_accuracy=val_metrics["accuracy"]), improved)
-    history.append(record)
-    write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
-    logging.info(
-        "epoch %3d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f seq/s%s",
-        epoch, record["train_loss"], record["train_accuracy"], record["val_loss"], record["val_accuracy"],
-        learning_rate, record["sequences_per_second"], "  *best" if improved else "",
-    )
-  checkpoints.close()
+  epoch = tracker["epoch"] + 1
+  try:
+    for epoch in range(tracker["epoch"] + 1, config.train.num_epochs + 1):
+      if tracker["epochs_since_best"] >= patience:
+        break
+      state, tracker = _epoch(config, workdir, epoch, data, state, step, eval_fn, plateau, tracker, history,
+                              dropout_rng, batch_size, steps, n_batches, checkpoints)
+  except KeyboardInterrupt:
+    raise ConfigError(f"{workdir}: interrupted in epoch {epoch}; epochs up to {tracker['epoch']} are saved: run the "
+                      "same command again to resume") from None
+  finally:
+    checkpoints.close()
   seconds["training"] = time.perf_counter() - training_start
   if tracker["epochs_since_best"] >= patience:
     logging.info("early stop: no better validation accuracy for %d epochs", patience)
+  return _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n_params, seconds, started)
 
+
+def _check_finite_loss(value, workdir, where, tracker):
+  """Stops training with one error at the first non-finite loss instead of training on from NaN."""
+  if not np.isfinite(value):
+    raise ConfigError(f"{workdir}: training stopped: the {where} is {value}; the last saved epoch is "
+                      f"{tracker['epoch']} (try a lower train.learning_rate, or check the inputs for extreme values)")
+
+
+def _epoch(config, workdir, epoch, data, state, step, eval_fn, plateau, tracker, history, dropout_rng, batch_size,
+           steps, n_batches, checkpoints):
+  """Trains one epoch, validates, writes its metrics.jsonl line, then commits its checkpoints.
+
+  metrics.jsonl is written before the checkpoint: a kill in between leaves a line for an epoch without a
+  checkpoint, which a resumed run drops and writes again (the same numbers); never a checkpoint without its line.
+
+  Returns:
+    (state, tracker) after the epoch.
+  """
+  start = time.perf_counter()
+  shuffle = np.random.default_rng([config.seed, 3, epoch])
+  batches = tqdm(
+      batching.iterate(data.train, batch_size, shuffle, steps), total=n_batches, desc=f"epoch {epoch}", leave=False,
+      disable=None
+  )
+  sums, previous = {}, None
+  for index, batch in enumerate(batches, 1):
+    state, batch_sums = step(state, batch, dropout_rng)
+    # Each step's loss is read once the next step is dispatched, so the check never stalls the pipeline.
+    if previous:
+      _check_finite_loss(float(previous[1]), workdir, f"training loss of epoch {epoch}, step {previous[0]}", tracker)
+    previous = (index, batch_sums["loss"])
+    sums = metrics_lib.add(sums, batch_sums)
+  if previous:
+    _check_finite_loss(float(previous[1]), workdir, f"training loss of epoch {epoch}, step {previous[0]}", tracker)
+  train_metrics = metrics_lib.normalize(sums)
+  train_seconds = time.perf_counter() - start
+  val_metrics, _ = predict(eval_fn, state.params, data.val, batch_size, steps)
+  _check_finite_loss(val_metrics["loss"], workdir, f"validation loss after epoch {epoch}", tracker)
+  learning_rate = config.train.learning_rate * float(state.plateau.scale)
+  state = plateau_step(state, plateau, val_metrics["loss"])
+  tracker, improved = track_best(tracker, epoch, val_metrics["accuracy"])
+  record = {
+      "epoch": epoch,
+      "train_loss": train_metrics["loss"],
+      "train_accuracy": train_metrics["accuracy"],
+      "val_loss": val_metrics["loss"],
+      "val_accuracy": val_metrics["accuracy"],
+      "learning_rate": learning_rate,
+      "sequences_per_second": len(data.train) / train_seconds,
+      "seconds": time.perf_counter() - start,
+  }
+  logging.info(
+      "epoch %3d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2e | %.0f seq/s%s",
+      epoch, record["train_loss"], record["train_accuracy"], record["val_loss"], record["val_accuracy"],
+      learning_rate, record["sequences_per_second"], "  *best" if improved else "",
+  )
+  history.append(record)
+  write_atomic(workdir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+  checkpoints.save(epoch, state, dict(tracker, val_accuracy=val_metrics["accuracy"]), improved)
+  return state, tracker
+
+
+def _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n_params, seconds, started):
+  """Scores the best checkpoint on every split, fits the calibration and writes results.json."""
   params, best_meta = restore_best_params(workdir, state.params)
   results = {"best_epoch": best_meta["best_epoch"], "epochs_run": tracker["epoch"], "parameters": n_params}
   logits = {}
   for name, sequences in data.splits.items():
     split_metrics, logits[name] = predict(eval_fn, params, sequences, batch_size, steps)
+    integrity.check_finite_logits(logits[name], f"{workdir / 'checkpoints' / 'best'} on the {name} split")
     results[f"{name}_accuracy"] = split_metrics["accuracy"]
     results[f"{name}_loss"] = split_metrics["loss"]
   report = metrics_lib.classification_report(data.test.labels, logits["test"].argmax(-1), data.encoding.classes)
   results["test_macro_f1"] = report["macro_f1"]
   calibration = calibrate.fit(logits["val"], data.val.labels)
+  integrity.check_finite_record(calibration, workdir / "calibration.json")
   write_atomic(workdir / "calibration.json", json.dumps(calibration, indent=2))
   results["calibration"] = dict(calibration, **calibrate.test_record(logits["test"], data.test.labels,
                                                                       calibration["temperature"]))
@@ -521,6 +605,7 @@ def train_and_evaluate(config, workdir):
   results["data_source"] = config.data.source
   results["devices"] = mesh.num_devices
   results["processes"] = jax.process_count()
+  integrity.check_finite_record(results, workdir / "results.json")
   write_atomic(workdir / "results.json", json.dumps(results, indent=2))
   logging.info(
       "best epoch %d: test accuracy %.4f (train %.4f, val %.4f, gap %.4f); split unit %r, data %r",
@@ -539,7 +624,15 @@ def read_metrics(workdir):
   path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if line.strip():
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:
+        raise ConfigError(f"{path}: line {number} is truncated or damaged; delete that line (a resumed run writes "
+                          "it again)") from None
+  return records
 
 
 def _read_history(workdir, up_to_epoch):

@@ -74,6 +74,9 @@ def get_config():
   config.data.spatial_confidence_quantile = 0.5
   # Where the simulated data set and prepared-data caches are written.
   config.data.cache_dir = "~/.cache/cardiac_jax"
+  # Cell types left out of the whole run (train, validation and test), as if the reference had never seen
+  # them: trust.py's unseen-type experiment trains with each type left out in turn.
+  config.data.exclude_types = ()
   # Keep each prepared Dataset in cache_dir/prepared/ and read it back when config and input files are unchanged.
   config.data.reuse_prepared = True
 
@@ -93,6 +96,10 @@ def get_config():
   # 'sequence' (the seed's, leaky), 'cell' or 'donor'.
   config.split.unit = "donor"
   config.split.fractions = (0.7, 0.2, 0.1)
+  # Leave-donors-out (unit 'donor'): with folds > 0 the donors are dealt into that many folds and fold `fold`
+  # is the test split (the first two fractions share the rest); trust.py's donor loop runs every fold.
+  config.split.folds = 0
+  config.split.fold = 0
 
   config.model = ml_collections.ConfigDict()
   config.model.hidden_dim = 128
@@ -108,6 +115,10 @@ def get_config():
   config.model.lstm_impl = "fused"
   # 'mean' (the seed's: the mean over valid steps) or 'anchor' (anchored sequences: the labelled cell's step).
   config.model.pooling = "mean"
+  # PyTorch's LayerNorm epsilon and per-sequence attention dropout, as the seed's PyTorch model has them
+  # (Flax's defaults: 1e-6, one attention-dropout mask shared by the batch).
+  config.model.layer_norm_eps = 1e-5
+  config.model.attention_dropout_per_sequence = True
   # Computation dtype: 'float32', or 'bfloat16' (for accelerators; parameters stay float32). See model.DTYPES.
   config.model.dtype = "float32"
 

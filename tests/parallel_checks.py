@@ -75,12 +75,14 @@ def bundle(config, params):
 
 
 def annotate_probabilities(config, params, n_devices):
-  """predict_cells of 301 cells (the last batch short) with every forward pass over n_devices devices."""
+  """Probabilities of 301 cells (the last batch short) with every forward pass over n_devices devices."""
   rng = np.random.default_rng(2)
   x = rng.normal(size=(301, GENES)).astype(np.float32)
   times = rng.integers(0, 4, size=301).astype(np.int32)
   mesh = parallel.data_parallel(n_devices)
-  return inference.predict_cells(bundle(config, mesh.replicate(params)), x, times, progress=False, data_parallel=mesh)
+  query = bundle(config, mesh.replicate(params))
+  return inference.probabilities(query, inference.predict_cell_logits(query, x, times, progress=False,
+                                                                      data_parallel=mesh))
 
 
 def batch_size_error(mesh):

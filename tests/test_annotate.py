@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardiac_jax import dataset, inference, readers, train
+from cardiac_jax import calibrate, dataset, inference, readers, train
 from cardiac_jax.errors import ConfigError, DataError
 from configs import tiny
 
@@ -53,7 +53,9 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   np.testing.assert_allclose(out.obsm[inference.PROBABILITIES_KEY], expected, atol=1e-5)
   np.testing.assert_array_equal(out.obs_names, names[np.arange(len(names)), test.anchor])
   best = np.asarray(bundle.classes)[expected.argmax(1)]
-  confident = expected.max(1) >= 0.5
+  # the default rule: calibrated top probability below the threshold that keeps 95% of validation cells
+  confident = expected.max(1) >= calibrate.threshold(bundle.calibration, "probability", 0.95)
+  assert result.info["unassigned"]["score"] == calibrate.DEFAULT_SCORE == "probability"
   labels = out.obs[inference.LABEL_KEY].astype(str).to_numpy()
   np.testing.assert_array_equal(labels[confident], best[confident])
   assert (labels[~confident] == inference.UNASSIGNED).all()
@@ -91,13 +93,29 @@ def test_a_query_with_some_time_points_and_missing_genes_works(run):
   np.testing.assert_allclose(out.obsm[inference.PROBABILITIES_KEY].sum(1), 1, atol=1e-5)
 
 
-def test_the_confidence_threshold():
+def test_the_unassigned_rule(run):
+  root, _, data, query = run
+  bundle = inference.load(root / "run")
+  # the default threshold leaves 5% of the run's validation cells (known types) unassigned
+  val_logits = inference.predict_logits(bundle, data.val)
+  for score in calibrate.SCORES:
+    rule = inference.unassigned_rule(bundle, score)
+    assert rule.unassigned(val_logits, bundle.temperature).mean() == pytest.approx(0.05, abs=0.01)
+  _, given = inference.annotate(bundle, query, unassigned_score="energy", threshold=1.5, progress=False)
+  energy = calibrate.score("energy", given.logits, bundle.temperature)
+  np.testing.assert_array_equal(given.labels == inference.UNASSIGNED, energy < 1.5)
+  _, none = inference.annotate(bundle, query, unassigned_score="none", progress=False)
+  assert inference.UNASSIGNED not in none.labels.tolist()
+  np.testing.assert_array_equal(none.labels, np.asarray(bundle.classes)[given.probabilities.argmax(1)])
+  with pytest.raises(ConfigError, match="unknown unassigned score 'entropy'"):
+    inference.annotate(bundle, query, unassigned_score="entropy", progress=False)
+
+
+def test_labels_from_a_mask():
   probabilities = np.array([[0.6, 0.3, 0.1], [0.4, 0.35, 0.25], [0.2, 0.2, 0.6]], np.float32)
-  labels, confidence = inference.labels_from(probabilities, ("a", "b", "c"), 0.5)
+  labels, confidence = inference.labels_from(probabilities, ("a", "b", "c"), [False, True, False])
   assert labels.tolist() == ["a", inference.UNASSIGNED, "c"]
   np.testing.assert_allclose(confidence, [0.6, 0.4, 0.6])
-  labels, _ = inference.labels_from(probabilities, ("a", "b", "c"), 0.0)
-  assert inference.UNASSIGNED not in labels.tolist()
 
 
 def _annotate_cli(root, query, output, *flags):
@@ -108,7 +126,8 @@ def _annotate_cli(root, query, output, *flags):
 
 def test_the_command_writes_an_annotated_copy_and_a_summary(run, tmp_path):
   root, *_ = run
-  result = _annotate_cli(root, root / "query.h5ad", tmp_path / "out.h5ad", "--min_confidence=1.0")
+  result = _annotate_cli(root, root / "query.h5ad", tmp_path / "out.h5ad", "--unassigned_score=probability",
+                        "--threshold=1.0")
   assert result.returncode == 0, result.stderr
   assert "annotated" in result.stderr and "Unassigned" in result.stderr
   out = anndata.read_h5ad(tmp_path / "out.h5ad")

@@ -189,3 +189,17 @@ def test_the_fitted_preprocessing_transforms_the_data_it_was_fitted_on(config):
   np.testing.assert_array_equal(x, data.cell_x)
   assert report == {"normalization": "counts", "missing_genes": []}
   assert data.preprocessing.embed(x).shape == (len(x), min(20, config.data.n_genes))
+
+
+def test_a_type_left_out_is_in_no_split_and_no_class(config, simulated):
+  config.data.sequence_mode = "cell"
+  config.data.exclude_types = ("CMES",)
+  data = dataset.prepare(config)
+  assert data.encoding.classes == ("CF", "CM", "IPSC", "MES", "PROG", "UNK")
+  adata = readers.read_geo(simulated[0])
+  left_out = set(adata.obs_names[adata.obs["type"] == "CMES"])
+  assert left_out and left_out.isdisjoint(data.cell_names)
+  assert len(data.cell_names) == adata.n_obs - len(left_out)
+  config.data.exclude_types = ("Endothelial",)
+  with pytest.raises(ConfigError, match=r"data.exclude_types \['Endothelial'\]: no such type"):
+    dataset.prepare(config)

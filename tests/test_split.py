@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from cardiac_jax import split
-from cardiac_jax.errors import DataError
+from cardiac_jax.errors import ConfigError, DataError
 
 CLASSES = ("A", "B", "C")
 
@@ -47,6 +47,24 @@ def test_donor_split_keeps_donors_whole():
   for donor in np.unique(donors):
     assert len(np.unique(ids[donors == donor])) == 1
   assert [len(np.unique(donors[ids == s])) for s in range(3)] == [7, 2, 1]
+
+
+def test_donor_folds_hold_every_donor_out_exactly_once():
+  labels, donors = _cells(n_donors=11)
+  kwargs = dict(unit="donor", fractions=(0.7, 0.2, 0.1), classes=CLASSES, folds=4)
+  held_out = []
+  for fold in range(4):
+    ids = split.split_cells(labels, donors, seed=fold, fold=fold, **kwargs)
+    test = set(donors[ids == 2])
+    assert set(donors[ids != 2]).isdisjoint(test)
+    assert len(test) in (2, 3) and len(set(donors[ids == 1])) >= 1
+    # the folds do not depend on the seed: another seed holds out the same donors
+    other = split.split_cells(labels, donors, seed=fold + 10, fold=fold, **kwargs)
+    assert set(donors[other == 2]) == test
+    held_out += sorted(test)
+  assert sorted(held_out) == sorted(set(donors))  # every donor once
+  with pytest.raises(ConfigError, match="split.folds=4, split.fold=4"):
+    split.split_cells(labels, donors, seed=0, fold=4, **kwargs)
 
 
 def test_fewer_donors_than_splits():

@@ -266,3 +266,28 @@ def test_expected_calibration_error_by_hand():
   perfect = np.eye(2)[labels]
   assert calibrate.expected_calibration_error(perfect, labels) == 0
   assert calibrate.classwise_ece(perfect, labels) == 0
+
+
+def test_vector_scaling_fits_class_dependent_miscalibration_better_than_a_temperature():
+  rng = np.random.default_rng(1)
+  labels = rng.integers(0, 4, 3000)
+  honest = rng.normal(size=(3000, 4)) + 1.5 * np.eye(4)[labels]
+  skewed = honest * np.array([3.0, 1.0, 0.5, 1.0]) + np.array([0.0, 1.0, 0.0, -1.0])  # per-class scale and bias
+  t = calibrate.fit_temperature(skewed, labels)
+  scale, bias = calibrate.fit_vector(skewed, labels)
+  vector_nll = calibrate.nll(skewed * scale + bias, labels)
+  assert vector_nll < calibrate.nll(skewed, labels, t) - 0.01
+  assert vector_nll <= calibrate.nll(honest, labels)  # at least as good as undoing the skew
+
+
+def test_unassigned_thresholds_keep_the_stated_share_of_validation_cells():
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, 3, 1000)
+  logits = 2 * rng.normal(size=(1000, 3)) + 2 * np.eye(3)[labels]
+  record = calibrate.fit(logits, labels)
+  for name in calibrate.SCORES:
+    values = calibrate.score(name, logits, record["temperature"])
+    for keep in (0.8, 0.95):
+      assert (values >= calibrate.threshold(record, name, keep)).mean() == pytest.approx(keep, abs=0.006)
+  energy = calibrate.score("energy", logits, 2.0)
+  np.testing.assert_allclose(energy, 2.0 * np.log(np.exp(logits / 2.0).sum(1)))

@@ -1,0 +1,138 @@
+"""What keeps a run's record true: digests of what was written (checkpoints, the test split) checked when it is
+read back, a lock so that one workdir has one writer, and finite numbers only.
+
+Orbax commits a checkpoint atomically but cannot tell that its bytes changed later; `record_checkpoint` keeps
+the sha256 of every file of a saved step beside the checkpoints and `verify_checkpoint` compares them on restore.
+"""
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import pathlib
+
+import numpy as np
+from absl import logging
+
+from cardiac_jax.errors import ConfigError, DataError
+
+LOCK_NAME = ".lock"
+CHUNK = 1 << 20
+
+
+def file_digest(path):
+  """sha256 hex digest of a file's bytes."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(CHUNK), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def folder_digests(folder):
+  """{path relative to folder: sha256} of every file under folder."""
+  folder = pathlib.Path(folder)
+  return {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def read_json(path):
+  """The JSON value of a run file; a missing, truncated or damaged one is a ConfigError naming it."""
+  path = pathlib.Path(path)
+  if not path.exists():
+    raise ConfigError(f"{path}: not found; is {path.parent} the workdir of a cardiac_jax run?")
+  try:
+    return json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ConfigError(f"{path}: truncated or damaged ({e}); train again in a new --workdir") from None
+
+
+def _record_path(step_dir):
+  """checkpoints/<name>.sha256.json beside the manager folder checkpoints/<name>/<step>/."""
+  manager_dir = pathlib.Path(step_dir).parent
+  return manager_dir.with_name(f"{manager_dir.name}.sha256.json")
+
+
+def record_checkpoint(step_dir, write):
+  """Writes the digests of a committed checkpoint step (`write(path, text)`: an atomic writer)."""
+  step_dir = pathlib.Path(step_dir)
+  write(_record_path(step_dir), json.dumps({"step": step_dir.name, "files": folder_digests(step_dir)}, indent=1))
+
+
+def verify_checkpoint(step_dir, write):
+  """Raises ConfigError naming the checkpoint folder if a file of it changed, went missing or was added.
+
+  A step without a record is the one a run was stopped in the middle of saving (Orbax had committed it, the
+  digests were not yet written): it is recorded now, with a warning.
+  """
+  step_dir = pathlib.Path(step_dir)
+  path = _record_path(step_dir)
+  record = json.loads(path.read_text()) if path.exists() else None
+  if record is None or record.get("step") != step_dir.name:
+    logging.warning("%s: no checksums recorded for this checkpoint (a run stopped while saving it?); recording them",
+                    step_dir)
+    record_checkpoint(step_dir, write)
+    return
+  found = folder_digests(step_dir)
+  expected = record["files"]
+  missing = sorted(set(expected) - set(found))
+  changed = sorted(name for name in set(expected) & set(found) if expected[name] != found[name])
+  added = sorted(set(found) - set(expected))
+  if missing or changed or added:
+    what = "; ".join(f"{kind} {names[:3]}" for kind, names in
+                     (("missing", missing), ("changed", changed), ("unexpected", added)) if names)
+    raise ConfigError(f"{step_dir}: checkpoint damaged since it was saved ({what}); train again in a new --workdir")
+
+
+def check_test_digest(path, record):
+  """Raises DataError if the test split file differs from the one the run saved (its digest in data.json)."""
+  expected = record.get("test_sequences_sha256")
+  if expected is None:
+    logging.warning("%s: data.json records no digest of the test split (an older run); not checked", path)
+    return
+  if file_digest(path) != expected:
+    raise DataError(path, "changed since training (its sha256 differs from data.json's); the run's test split "
+                          "is gone, so scoring it would not score the data the model was trained against")
+
+
+def check_finite_logits(logits, where):
+  """Raises ConfigError if any logit is NaN or infinite: no prediction or metric is made from them."""
+  bad = ~np.isfinite(logits)
+  if bad.any():
+    rows = int(bad.any(axis=-1).sum())
+    raise ConfigError(f"{where}: the model gives non-finite logits for {rows} of {len(logits)} inputs (damaged "
+                      "parameters or inputs?); no result is reported from them")
+
+
+def check_finite_record(record, path):
+  """Raises ConfigError naming `path` if a number of a JSON-ready record is NaN or infinite."""
+  def walk(value, key):
+    if isinstance(value, dict):
+      for k, v in value.items():
+        walk(v, f"{key}.{k}" if key else k)
+    elif isinstance(value, (list, tuple)):
+      for i, v in enumerate(value):
+        walk(v, f"{key}[{i}]")
+    elif isinstance(value, float) and not math.isfinite(value):
+      raise ConfigError(f"{path}: not written: {key} is {value}")
+  walk(record, "")
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir):
+  """Holds an exclusive lock on workdir/.lock while a run writes there; a second run is refused at once.
+
+  The kernel drops the lock when its process ends, however it ends (kill -9 included), so no stale lock remains.
+  """
+  path = pathlib.Path(workdir) / LOCK_NAME
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise ConfigError(f"{workdir}: another run is writing to this workdir; wait for it or use another --workdir") \
+          from None
+    yield
+  finally:
+    os.close(fd)

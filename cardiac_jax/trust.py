@@ -1,0 +1,348 @@
+"""How far to trust a label: calibration on held-out donors beside CellTypist and a per-cell logistic
+regression, cells of types the model never saw, and accuracy donor by donor.
+
+Two experiments, each a loop of training runs of the annotation model (configs/annotate.py):
+- `donors`: a leave-donors-out loop. The donors are dealt into `folds` folds (split.folds); run k holds fold k
+  out as its test split and uses seed k, so every donor is a test donor exactly once. On each run's test cells:
+  accuracy and macro-F1 per donor, and calibration (ECE before and after temperature scaling), beside
+  CellTypist (its conf_score) and the per-cell logistic regression (its probabilities) fitted on the same cells.
+- `unseen`: one run per cell type with that type left out of the whole run (data.exclude_types); the held-out
+  donors' cells of every type, the left-out one included, are then annotated as a user would annotate a new
+  time course, and each Unassigned score (calibrate.SCORES) is scored by how well it separates the unseen type
+  from the known ones (AUROC), beside CellTypist's 'prob match' mode.
+
+Every run has its own workdir under the experiment's (donors/fold<k>, unseen/<type>): an interrupted loop
+resumes, finished runs are read back. Results: <workdir>/<experiment>.json, .md and PNG figures.
+"""
+
+import json
+import pathlib
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+from absl import logging
+from sklearn.metrics import roc_auc_score
+
+from cardiac_jax import baselines, calibrate, celltypist_compare, dataset, inference, metrics, report, train
+from cardiac_jax.errors import ConfigError
+from cardiac_jax.preprocess import natural_key
+
+# Folds of the leave-donors-out loop by default: 19 donors -> test splits of 4 or 5 donors.
+FOLDS = 4
+
+
+def fold_config(config, folds, fold):
+  """The config of run `fold` of the leave-donors-out loop: test donors = fold `fold`, seed = fold."""
+  config = train.override(config.copy_and_resolve_references(), {"split.folds": folds, "split.fold": fold})
+  config.seed = fold
+  return config
+
+
+def unseen_config(config, cell_type):
+  """The config of a run that never sees `cell_type`."""
+  return train.override(config.copy_and_resolve_references(), {"data.exclude_types": (cell_type,)})
+
+
+def cell_types(config):
+  """The cell types of the config's data, sorted."""
+  adata, _ = dataset.load(config)
+  return sorted(adata.obs[config.data.label_key].astype(str).unique())
+
+
+def trained(config, workdir):
+  """Trains a run into workdir unless it finished there already; returns workdir."""
+  workdir = pathlib.Path(workdir)
+  if not (workdir / "results.json").exists():
+    train.train_and_evaluate(config, workdir)
+  return workdir
+
+
+def runs(config, workdir, experiment, folds=FOLDS, types=None):
+  """[(name, config, run workdir)] of an experiment's training runs."""
+  workdir = pathlib.Path(workdir).expanduser() / experiment
+  if experiment == "donors":
+    return [(f"fold{k}", fold_config(config, folds, k), workdir / f"fold{k}") for k in range(folds)]
+  if experiment == "unseen":
+    known = cell_types(config)
+    types = list(types or known)
+    unknown = sorted(set(types) - set(known))
+    if unknown:
+      raise ConfigError(f"unknown cell type(s) {unknown}; the data's types are {known}")
+    return [(t, unseen_config(config, t), workdir / t) for t in types]
+  raise ConfigError(f"unknown experiment {experiment!r}; known: {list(EXPERIMENTS)}")
+
+
+EXPERIMENTS = ("donors", "unseen")
+
+
+def _cells_obs(config):
+  """obs of every cell of the config's data (cell names made unique as the Dataset's are)."""
+  adata, _ = dataset.load(config)
+  adata.obs_names_make_unique()
+  return adata
+
+
+def _calibration_row(method, confidence, correct, probabilities, labels):
+  """Accuracy, top-label ECE of `confidence` against `correct`, and class-wise ECE of `probabilities`."""
+  return {"method": method, "accuracy": float(np.mean(correct)),
+          "ece": calibrate.top_label_ece(confidence, correct),
+          "classwise_ece": calibrate.classwise_ece(probabilities, labels)}
+
+
+def _scored_once(path, score):
+  """score()'s JSON-ready result, kept at `path` so that a resumed loop does not score a finished run again."""
+  if path.exists():
+    return json.loads(path.read_text())
+  result = score()
+  train.write_atomic(path, json.dumps(result, indent=2))
+  return result
+
+
+def score_fold(name, config, workdir, adata):
+  """One run of the donor loop scored on its test cells (kept in the run's trust.json): calibration rows,
+  per-donor rows and, per method, the confidences and whether the label was right (reliability diagram)."""
+  return _scored_once(pathlib.Path(workdir) / "trust.json", lambda: _score_fold(name, config, workdir, adata))
+
+
+def _score_fold(name, config, workdir, adata):
+  bundle, test, logits, _ = report.score(workdir)
+  data = dataset.prepare(config)
+  if not np.array_equal(data.test.labels, test.labels):
+    raise ConfigError(f"{workdir}: the test cells saved with the run differ from those prepared again")
+  labels = test.labels
+  val_logits = inference.predict_logits(bundle, data.val)
+  scale, bias = calibrate.fit_vector(val_logits, data.val.labels)
+  methods = {
+      "model, uncalibrated": calibrate.softmax(logits),
+      "model, temperature scaling": calibrate.softmax(logits, bundle.temperature),
+      "model, vector scaling": calibrate.softmax(logits * scale + bias),
+      "per-cell logistic regression": baselines.cell_logreg_probabilities(data, config.seed),
+  }
+  confidences = {m: (p.max(1), p.argmax(1) == labels) for m, p in methods.items()}
+  rows = [_calibration_row(m, *confidences[m], p, labels) for m, p in methods.items()]
+  predictions = {"model": logits.argmax(1), "per-cell logistic regression": methods["per-cell logistic regression"].argmax(1)}
+  if celltypist_compare.available():
+    fitted = celltypist_compare.fit_and_annotate(config, data, config.seed)
+    confidences[celltypist_compare.BEST_MATCH] = (fitted["conf_score"], fitted["best_match"] == labels)
+    rows.append(_calibration_row(celltypist_compare.BEST_MATCH, *confidences[celltypist_compare.BEST_MATCH],
+                                 fitted["probabilities"], labels))
+    predictions[celltypist_compare.BEST_MATCH] = fitted["best_match"]
+  for row in rows:
+    row.update(run=name, seed=config.seed)
+  donors = adata.obs.loc[data.cell_names[test.anchor_cells], config.data.donor_key].astype(str).to_numpy()
+  per_donor = []
+  for donor in sorted(set(donors), key=natural_key):
+    cells = donors == donor
+    row = {"donor": donor, "run": name, "cells": int(cells.sum())}
+    for method, predicted in predictions.items():
+      scored = metrics.classification_report(labels[cells], predicted[cells], bundle.classes)
+      row[method] = {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"]}
+    per_donor.append(row)
+  pairs = {m: {"confidence": np.asarray(c, float).tolist(), "correct": np.asarray(r, bool).tolist()}
+           for m, (c, r) in confidences.items()}
+  return {"calibration": rows, "per_donor": per_donor, "confidences": pairs}
+
+
+
+def score_unseen(cell_type, config, workdir, adata):
+  """One run that never saw `cell_type`: every cell of its held-out donors (the unseen type's included) is
+  annotated as a new time course; returns the row of that type (AUROC and Unassigned shares per score,
+  beside CellTypist's 'prob match'), kept in the run's trust.json."""
+  return _scored_once(pathlib.Path(workdir) / "trust.json",
+                      lambda: _score_unseen(cell_type, config, workdir, adata))
+
+
+def _score_unseen(cell_type, config, workdir, adata):
+  bundle = inference.load(workdir)
+  data = dataset.prepare(config)
+  donor_key, label_key = config.data.donor_key, config.data.label_key
+  test_donors = set(adata.obs.loc[data.cell_names[data.test.anchor_cells], donor_key].astype(str))
+  query = adata[adata.obs[donor_key].astype(str).isin(test_donors).to_numpy()].copy()
+  _, result = inference.annotate(bundle, query, unassigned_score="none", progress=False)
+  unseen = (query.obs[label_key].astype(str) == cell_type).to_numpy()
+  known_labels = query.obs[label_key].astype(str).to_numpy()[~unseen]
+  best = np.asarray(bundle.classes)[result.probabilities.argmax(1)]
+  row = {"type": cell_type, "unseen_cells": int(unseen.sum()), "known_cells": int((~unseen).sum()),
+         "known_accuracy": float((best[~unseen] == known_labels).mean()), "scores": {}}
+  for name in calibrate.SCORES:
+    values = calibrate.score(name, result.logits, bundle.temperature)
+    below = values < calibrate.threshold(bundle.calibration, name)
+    row["scores"][name] = {"auroc": float(roc_auc_score(~unseen, values)),
+                           "unseen_unassigned": float(below[unseen].mean()),
+                           "known_unassigned": float(below[~unseen].mean())}
+  if celltypist_compare.available():
+    train_cells, _ = celltypist_compare.split_adatas(config, data)
+    model = celltypist_compare.train_model(train_cells, config.seed)
+    labels, top = celltypist_compare.prob_match(model, celltypist_compare.log_normalised(query))
+    below = labels == inference.UNASSIGNED
+    row["scores"][CELLTYPIST_PROB_MATCH] = {"auroc": float(roc_auc_score(~unseen, top)),
+                                            "unseen_unassigned": float(below[unseen].mean()),
+                                            "known_unassigned": float(below[~unseen].mean())}
+  return row
+
+
+CELLTYPIST_PROB_MATCH = "CellTypist (prob match, p_thres 0.5)"
+
+
+def donor_loop(config, workdir, folds=FOLDS):
+  """The leave-donors-out loop: trains (or reads back) every fold's run and scores it. Returns the record
+  written to <workdir>/donors.json."""
+  started = time.perf_counter()
+  adata = None
+  calibration, per_donor, pooled = [], [], {}
+  for name, run_config, run_dir in runs(config, workdir, "donors", folds):
+    logging.info("trust: donor loop, %s", name)
+    trained(run_config, run_dir)
+    adata = adata if adata is not None else _cells_obs(run_config)
+    scored = score_fold(name, run_config, run_dir, adata)
+    calibration += scored["calibration"]
+    per_donor += scored["per_donor"]
+    for method, pair in scored["confidences"].items():
+      previous = pooled.get(method, (np.zeros(0), np.zeros(0, bool)))
+      pooled[method] = (np.concatenate([previous[0], pair["confidence"]]),
+                        np.concatenate([previous[1], np.asarray(pair["correct"], bool)]))
+  record = {"folds": folds, "wall_seconds": time.perf_counter() - started, "calibration": calibration,
+            "calibration_summary": _summary(calibration, "method", ("accuracy", "ece", "classwise_ece")),
+            "per_donor": per_donor, "worst_donor": _worst(per_donor)}
+  out = pathlib.Path(workdir).expanduser()
+  train.write_atomic(out / "donors.json", json.dumps(record, indent=2))
+  train.write_atomic(out / "donors.md", donors_markdown(record))
+  plot_donors(per_donor, out / "donors.png")
+  plot_reliability(pooled, out / "reliability.png")
+  return record
+
+
+def unseen_types(config, workdir, types=None):
+  """Trains (or reads back) one run per left-out type and scores it. Returns the record written to
+  <workdir>/unseen.json."""
+  started = time.perf_counter()
+  adata, rows = None, []
+  for name, run_config, run_dir in runs(config, workdir, "unseen", types=types):
+    logging.info("trust: unseen type %s", name)
+    trained(run_config, run_dir)
+    adata = adata if adata is not None else _cells_obs(run_config)
+    rows.append(score_unseen(name, run_config, run_dir, adata))
+  record = {"keep_known": calibrate.KEEP_KNOWN, "wall_seconds": time.perf_counter() - started, "types": rows}
+  out = pathlib.Path(workdir).expanduser()
+  train.write_atomic(out / "unseen.json", json.dumps(record, indent=2))
+  train.write_atomic(out / "unseen.md", unseen_markdown(record))
+  plot_unseen(rows, out / "unseen.png")
+  return record
+
+
+def _summary(rows, key, fields):
+  """Per value of rows[key]: mean and sd over runs of each field, and the number of runs."""
+  out = []
+  for value in dict.fromkeys(r[key] for r in rows):
+    group = [r for r in rows if r[key] == value]
+    entry = {key: value, "n": len(group)}
+    for field in fields:
+      values = np.array([r[field] for r in group], float)
+      entry[field] = [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0]
+    out.append(entry)
+  return out
+
+
+def _worst(per_donor):
+  """The held-out donor on whom the model's accuracy is lowest."""
+  worst = min(per_donor, key=lambda r: r["model"]["accuracy"])
+  return {"donor": worst["donor"], "run": worst["run"], "accuracy": worst["model"]["accuracy"],
+          "macro_f1": worst["model"]["macro_f1"]}
+
+
+def donors_markdown(record):
+  runs_ = sorted({r["run"] for r in record["calibration"]})
+  lines = [f"Leave-donors-out loop: {record['folds']} runs ({', '.join(runs_)}), each fold's donors held out "
+           f"once; wall time {record['wall_seconds'] / 60:.1f} min.", "",
+           "Calibration on the test cells (held-out donors), mean ± sd over runs; ECE: 15 equal-width bins of the "
+           "confidence (top probability; CellTypist: conf_score).", "",
+           "| method | accuracy | ECE | class-wise ECE | runs |", "|---|---|---|---|---|"]
+  for r in record["calibration_summary"]:
+    lines.append(f"| {r['method']} | {_pm(r['accuracy'])} | {_pm(r['ece'])} | {_pm(r['classwise_ece'])} | "
+                 f"{r['n']} |")
+  methods = [m for m in record["per_donor"][0] if isinstance(record["per_donor"][0][m], dict)]
+  lines += ["", "Per held-out donor: accuracy / macro-F1.", "",
+            "| donor | run | cells | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+  for r in record["per_donor"]:
+    cells = " | ".join(f"{r[m]['accuracy']:.3f} / {r[m]['macro_f1']:.3f}" for m in methods)
+    lines.append(f"| {r['donor']} | {r['run']} | {r['cells']:,} | {cells} |")
+  worst = record["worst_donor"]
+  lines += ["", f"Worst donor for the model: {worst['donor']} ({worst['run']}): accuracy {worst['accuracy']:.3f}, "
+                f"macro-F1 {worst['macro_f1']:.3f}."]
+  return "\n".join(lines) + "\n"
+
+
+def unseen_markdown(record):
+  names = list(record["types"][0]["scores"])
+  lines = [f"Each type left out of a whole run in turn; all cells of the run's held-out donors annotated. "
+           f"Threshold: keeps {record['keep_known']:.0%} of the validation cells assigned (CellTypist: no class "
+           f"reaches 0.5). Wall time {record['wall_seconds'] / 60:.1f} min.", "",
+           "AUROC of known (high) versus unseen (low) cells; in brackets the share of unseen-type cells / of "
+           "known-type cells marked Unassigned.", "",
+           "| left-out type | unseen cells | known accuracy | " + " | ".join(names) + " |",
+           "|---|---|---|" + "---|" * len(names)]
+  for r in record["types"]:
+    cells = " | ".join(f"{s['auroc']:.3f} ({s['unseen_unassigned']:.0%} / {s['known_unassigned']:.0%})"
+                       for s in r["scores"].values())
+    lines.append(f"| {r['type']} | {r['unseen_cells']:,} | {r['known_accuracy']:.3f} | {cells} |")
+  means = " | ".join(f"{np.mean([r['scores'][n]['auroc'] for r in record['types']]):.3f}" for n in names)
+  lines.append(f"| mean | | | {means} |")
+  return "\n".join(lines) + "\n"
+
+
+def _pm(pair):
+  return f"{pair[0]:.4f} ± {pair[1]:.4f}"
+
+
+def plot_donors(per_donor, path):
+  """Per held-out donor: the model's and the references' accuracy, donors ordered by the model's."""
+  rows = sorted(per_donor, key=lambda r: r["model"]["accuracy"])
+  methods = [m for m in rows[0] if isinstance(rows[0][m], dict)]
+  fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(rows) + 2), 4))
+  x = np.arange(len(rows))
+  width = 0.8 / len(methods)
+  for i, method in enumerate(methods):
+    ax.bar(x + (i - (len(methods) - 1) / 2) * width, [r[method]["accuracy"] for r in rows], width, label=method)
+  ax.set_xticks(x, [r["donor"] for r in rows], rotation=60, fontsize=8)
+  ax.set(ylabel="accuracy on the donor's cells", ylim=(0, 1), title="held-out donors (leave-donors-out loop)")
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=8, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_reliability(pooled, path):
+  """Reliability diagram of every method's confidence on the pooled test cells of the loop's runs."""
+  fig, ax = plt.subplots(figsize=(5.5, 5.5))
+  ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
+  for method, (confidence, correct) in pooled.items():
+    count, mean_confidence, accuracy = calibrate.reliability(confidence, correct)
+    used = count > 0
+    ax.plot(mean_confidence[used], accuracy[used], marker="o", markersize=3,
+            label=f"{method}: ECE {calibrate.top_label_ece(confidence, correct):.3f}")
+  ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="test cells of every fold")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="upper left", fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_unseen(rows, path):
+  """AUROC of known versus unseen cells per left-out type, for every score."""
+  names = list(rows[0]["scores"])
+  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+  x = np.arange(len(rows))
+  width = 0.8 / len(names)
+  for i, name in enumerate(names):
+    ax.bar(x + (i - (len(names) - 1) / 2) * width, [r["scores"][name]["auroc"] for r in rows], width, label=name)
+  ax.axhline(0.9, color="gray", linestyle="--", linewidth=1)
+  ax.set_xticks(x, [r["type"] for r in rows])
+  ax.set(xlabel="type left out of training", ylabel="AUROC, known vs unseen cells", ylim=(0, 1))
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=8, loc="lower right")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,31 @@
+"""How far to trust a label: the runs of the two experiments and what their summaries say."""
+
+import pytest
+
+from cardiac_jax import trust
+from cardiac_jax.errors import ConfigError
+
+
+def test_the_donor_loop_runs_every_fold_with_its_own_seed(config, tmp_path):
+  runs = trust.runs(config, tmp_path, "donors", folds=3)
+  assert [name for name, _, _ in runs] == ["fold0", "fold1", "fold2"]
+  assert [(c.split.folds, c.split.fold, c.seed) for _, c, _ in runs] == [(3, 0, 0), (3, 1, 1), (3, 2, 2)]
+  assert len({str(w) for _, _, w in runs}) == 3 and config.split.folds == 0  # the given config is not changed
+
+
+def test_the_unseen_experiment_leaves_each_type_out(config, tmp_path):
+  runs = trust.runs(config, tmp_path, "unseen")
+  assert [name for name, _, _ in runs] == ["CF", "CM", "CMES", "IPSC", "MES", "PROG", "UNK"]
+  assert all(c.data.exclude_types == (name,) for name, c, _ in runs)
+  with pytest.raises(ConfigError, match=r"unknown cell type\(s\) \['Endothelial'\]"):
+    trust.runs(config, tmp_path, "unseen", types=["CM", "Endothelial"])
+
+
+def test_summaries_name_the_worst_donor_and_average_over_runs():
+  per_donor = [{"donor": d, "run": r, "cells": 10, "model": {"accuracy": a, "macro_f1": a - 0.1}}
+               for d, r, a in (("d1", "fold0", 0.8), ("d2", "fold0", 0.6), ("d3", "fold1", 0.9))]
+  assert trust._worst(per_donor) == {"donor": "d2", "run": "fold0", "accuracy": 0.6, "macro_f1": 0.5}
+  rows = [{"method": "m", "ece": 0.1}, {"method": "m", "ece": 0.3}, {"method": "n", "ece": 0.2}]
+  summary = trust._summary(rows, "method", ("ece",))
+  assert summary[0]["method"] == "m" and summary[0]["n"] == 2 and summary[0]["ece"][0] == pytest.approx(0.2)
+  assert summary[0]["ece"][1] == pytest.approx(0.1414, abs=1e-4) and summary[1]["ece"] == [0.2, 0.0]
