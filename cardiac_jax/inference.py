@@ -27,7 +27,7 @@ from absl import logging
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import calibrate, integrity, preprocess, readers
+from cardiac_jax import calibrate, integrity, parallel, preprocess, readers
 from cardiac_jax import train as train_lib
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import anchored_sequences, cell_sequences
@@ -102,23 +102,28 @@ def load(workdir):
   shapes = jax.eval_shape(
       lambda: model.init(jax.random.key(0), np.zeros((1, config.data.max_len, record["n_features"]), np.float32),
                          np.ones(1, np.int32), train=False)["params"])
-  params, checkpoint = train_lib.restore_best_params(workdir, shapes)
+  params, checkpoint = train_lib.restore_best_params(workdir, parallel.data_parallel().abstract(shapes))
   return Bundle(workdir, config, params, model.apply, tuple(record["classes"]), tuple(record["time_points"]),
                 preprocessing, record, checkpoint, calibrate.load(workdir))
 
 
-def make_predict_fn(apply_fn):
-  """train.predict_step jitted once for a model: (params, batch) -> logits [batch, classes]."""
-  return jax.jit(lambda params, batch: train_lib.predict_step(params, apply_fn, batch))
+def make_predict_fn(apply_fn, data_parallel=None):
+  """train.predict_step jitted once for a model: (params, batch) -> logits [batch, classes], numpy batches split
+  over the devices of `data_parallel` (default: every device, parallel.data_parallel())."""
+  data_parallel = data_parallel or parallel.data_parallel()
+  step = lambda params, batch: train_lib.predict_step(params, apply_fn, batch)
+  return data_parallel.feeding(data_parallel.jit(step, batch_arg=1), batch_arg=1)
 
 
 def predict_logits(bundle, sequences, predict_fn=None, batch_size=None):
-  """[n, classes] float32 logits of every sequence, in batches (default: the run's batch size); needs no labels."""
+  """[n, classes] float32 logits of every sequence, in batches (default: the run's batch size, rounded up to a
+  multiple of the device count; the fill is masked out); needs no labels."""
   predict_fn = predict_fn or make_predict_fn(bundle.apply_fn)
   if not len(sequences):
     return np.zeros((0, len(bundle.classes)), np.float32)
   outputs = []
-  batches = batching.iterate(sequences, batch_size or bundle.batch_size, steps=batching.used_steps(sequences))
+  batch_size = parallel.data_parallel().round_batch_size(batch_size or bundle.batch_size)
+  batches = batching.iterate(sequences, batch_size, steps=batching.used_steps(sequences))
   for batch in batches:
     logits = np.asarray(predict_fn(bundle.params, {"x": batch["x"], "lengths": batch["lengths"]}))
     outputs.append(logits[batch["mask"] > 0])
@@ -173,18 +178,19 @@ def check_can_annotate(bundle):
         "--config.data.sequence_mode=cell to annotate new cells")
 
 
-def predict_cell_logits(bundle, x, times, groups=None, progress=True):
+def predict_cell_logits(bundle, x, times, groups=None, progress=True, data_parallel=None):
   """[cells, classes] float32 logits of every cell of a query, `ANNOTATE_CHUNK` cells at a time.
 
   Args:
     x: [cells, genes] the query's log expression (`Preprocessing.transform`); times: [cells] time indices;
     groups: [cells] donor of each cell (context then comes from the cell's own donor), or None.
+    data_parallel: the parallel.DataParallel whose devices share each batch (default: every device).
   """
   check_can_annotate(bundle)
   embedding = bundle.preprocessing.embed(x) if bundle.sequence_mode == "anchored" else None
   if groups is not None:
     groups = np.unique(np.asarray(groups), return_inverse=True)[1]  # codes once, not once per chunk
-  predict_fn = make_predict_fn(bundle.apply_fn)
+  predict_fn = make_predict_fn(bundle.apply_fn, data_parallel)
   out = np.zeros((len(x), len(bundle.classes)), np.float32)
   bar = tqdm(total=len(x), desc="annotating", unit="cells", disable=None if progress else True, leave=False)
   for lo in range(0, len(x), ANNOTATE_CHUNK):

@@ -265,6 +265,7 @@ class LSTMLayer(nn.Module):
   hidden_dim: int
   bidirectional: bool = True
   impl: str = 'fused'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, lengths):
@@ -288,6 +289,7 @@ class LSTMLayer(nn.Module):
                    (directions, self.hidden_dim, gates), jnp.float32),
         self.param('bias', nn.initializers.zeros_init(), (directions, gates), jnp.float32),
     )
+    x, params = x.astype(self.dtype), tuple(p.astype(self.dtype) for p in params)
     if self.impl == 'fused':
       return fused_lstm(x, lengths, *params)
     outputs = []
@@ -299,6 +301,8 @@ class LSTMLayer(nn.Module):
 
 
 POOLINGS = ('mean', 'anchor')
+# Computation dtypes by name; parameters stay float32 whatever the computation (Flax's param_dtype default).
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 class EnhancedCardiacRNN(nn.Module):
@@ -321,6 +325,8 @@ class EnhancedCardiacRNN(nn.Module):
     layer_norm_eps: epsilon of every LayerNorm; PyTorch's 1e-5 (the seed's), Flax's own default is 1e-6.
     attention_dropout_per_sequence: draw the attention-weight dropout mask for each sequence and head, as
       PyTorch's nn.MultiheadAttention does; False shares one mask across the batch (Flax's default).
+    dtype: computation dtype, a name in DTYPES: 'float32' (default) or 'bfloat16' (activations and matrix
+      products in bfloat16, float32 parameters and logits).
   """
   num_classes: int = 7
   hidden_dim: int = 128
@@ -335,6 +341,7 @@ class EnhancedCardiacRNN(nn.Module):
   pooling: str = 'mean'
   layer_norm_eps: float = 1e-5
   attention_dropout_per_sequence: bool = True
+  dtype: str = 'float32'
 
   @nn.compact
   def __call__(self, x, lengths, *, train: bool):
@@ -349,9 +356,12 @@ class EnhancedCardiacRNN(nn.Module):
       `[batch, num_classes]` logits.
     """
     mask = valid_mask(lengths, x.shape[1])  # [batch, steps]
+    if self.dtype not in DTYPES:
+      raise ValueError(f"dtype must be one of {tuple(DTYPES)}, not {self.dtype!r}")
+    dtype = DTYPES[self.dtype]
 
-    h = nn.Dense(self.hidden_dim, name='input_proj')(x)
-    h = nn.LayerNorm(epsilon=self.layer_norm_eps, name='input_norm')(h)
+    h = nn.Dense(self.hidden_dim, dtype=dtype, name='input_proj')(x)
+    h = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name='input_norm')(h)
     h = nn.relu(h)
     h = nn.Dropout(self.input_dropout, deterministic=not train)(h)
 
@@ -359,7 +369,7 @@ class EnhancedCardiacRNN(nn.Module):
       if layer > 0:
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
       h = LSTMLayer(
-          self.hidden_dim, self.bidirectional, self.lstm_impl, name=f'lstm_{layer}')(h, lengths)
+          self.hidden_dim, self.bidirectional, self.lstm_impl, dtype, name=f'lstm_{layer}')(h, lengths)
     # [batch, steps, features]; zero the padded steps, which the forward LSTM ran on through.
     h = jnp.where(mask[..., None], h, 0.0)
 
@@ -374,8 +384,9 @@ class EnhancedCardiacRNN(nn.Module):
           dropout_rate=self.dropout,
           broadcast_dropout=not self.attention_dropout_per_sequence,
           deterministic=not train,
+          dtype=dtype,
           name='attention')(h, mask=nn.make_attention_mask(mask, mask), sow_weights=True)
-      h = nn.LayerNorm(epsilon=self.layer_norm_eps, name='attention_norm')(h + attended)
+      h = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name='attention_norm')(h + attended)
 
     # Mean over valid steps, or the anchor's step; the denominator is at least 1 so that an all-padding
     # row (as a filler row of a last batch might be) pools to zeros rather than NaN.
@@ -386,8 +397,8 @@ class EnhancedCardiacRNN(nn.Module):
     h = jnp.sum(jnp.where(weights[..., None], h, 0.0), axis=1) / counts  # [batch, features]
 
     for i, dim in enumerate(self.head_dims):
-      h = nn.Dense(dim, name=f'head_{i}')(h)
-      h = nn.LayerNorm(epsilon=self.layer_norm_eps, name=f'head_norm_{i}')(h)
+      h = nn.Dense(dim, dtype=dtype, name=f'head_{i}')(h)
+      h = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name=f'head_norm_{i}')(h)
       h = nn.relu(h)
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    return nn.Dense(self.num_classes, name='classifier')(h)
+    return nn.Dense(self.num_classes, dtype=dtype, name='classifier')(h).astype(jnp.float32)

@@ -26,6 +26,7 @@ ROWS = {
     "no-attention": (("base", "donor"), "model without attention", {"model.use_attention": False}),
     "unidirectional": (("base", "donor"), "model, unidirectional LSTM", {"model.bidirectional": False}),
     "no-label-smoothing": (("base", "donor"), "model without label smoothing", {"train.label_smoothing": 0.0}),
+    "bfloat16": (("base", "donor"), "model, bfloat16 computation", {"model.dtype": "bfloat16"}),
     "medium": (("medium", "donor"), "model", {}),
     "large": (("large", "donor"), "model", {}),
     "split-sequence": (("base", "sequence"), "model", {}),

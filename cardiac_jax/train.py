@@ -38,6 +38,7 @@ from cardiac_jax import batches as batching
 from cardiac_jax import calibrate, checks, integrity
 from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib
+from cardiac_jax import parallel
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import EnhancedCardiacRNN, count_params
 from cardiac_jax.sequences import Sequences
@@ -177,9 +178,15 @@ def plateau_step(state, plateau, val_loss):
   return state.replace(plateau=plateau_state)
 
 
-def make_eval_step(apply_fn, label_smoothing):
-  """eval_step jitted once for a model, so every evaluation of a run reuses one compiled function."""
-  return jax.jit(functools.partial(eval_step, apply_fn=apply_fn, label_smoothing=label_smoothing))
+def make_eval_step(apply_fn, label_smoothing, data_parallel=None):
+  """eval_step jitted once for a model, so every evaluation of a run reuses one compiled function.
+
+  With a parallel.DataParallel: (params, batch) -> (sums, logits), numpy batches split over its devices.
+  """
+  step = lambda params, batch: eval_step(params, apply_fn, batch, label_smoothing=label_smoothing)
+  if data_parallel is None:
+    return jax.jit(step)
+  return data_parallel.feeding(data_parallel.jit(step, batch_arg=1), batch_arg=1)
 
 
 def track_best(tracker, epoch, val_accuracy):
@@ -202,7 +209,7 @@ def predict(eval_fn, params, sequences, batch_size, steps=None):
   """
   sums, outputs = {}, []
   for batch in batching.iterate(sequences, batch_size, steps=steps):
-    batch_sums, logits = eval_fn(params, batch=batch)
+    batch_sums, logits = eval_fn(params, batch)
     sums = metrics_lib.add(sums, batch_sums)
     outputs.append(np.asarray(logits)[batch["mask"] > 0])
   return metrics_lib.normalize(sums), np.concatenate(outputs)
@@ -210,7 +217,11 @@ def predict(eval_fn, params, sequences, batch_size, steps=None):
 
 def write_atomic(path, content):
   """Writes content (str, bytes, or a function that writes to a path it is given) to path through a temporary
-  file beside it and a rename, so the file is complete or absent; the temporary file never outlives a failure."""
+  file beside it and a rename, so the file is complete or absent; the temporary file never outlives a failure.
+
+  In a run of several processes only process 0 writes; the others return without writing."""
+  if not parallel.is_main_process():
+    return
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
   try:
@@ -390,6 +401,8 @@ def claimed_workdir(config, workdir):
     now = json.loads(config_to_json(config))
     before["train"].pop("num_epochs", None)
     now["train"].pop("num_epochs", None)
+    before.pop("parallel", None)  # a checkpoint restores on any number of devices and processes
+    now.pop("parallel", None)
     if before != now:
       raise ConfigError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
   created = not workdir.exists()
@@ -439,17 +452,22 @@ def train_and_evaluate(config, workdir):
 
 def _train_and_evaluate(config, workdir):
   started = time.perf_counter()
+  parallel.initialize(config.parallel)
+  mesh = parallel.data_parallel(config.parallel.num_devices)
   data = datasets.prepare(config)
   seconds = {"data": time.perf_counter() - started}
-  state = initial_state(config, data)
+  state = mesh.replicate(initial_state(config, data))
   n_params = count_params(state.params)
   batch_size = config.train.batch_size or batching.adaptive_batch_size(len(data.train))
+  mesh.check_batch_size(batch_size)
+  logging.info("%s", mesh.describe())
   save_test_sequences(workdir / "test_sequences.npz", data)
-  test_digest = integrity.file_digest(workdir / "test_sequences.npz")
+  # Only the main process writes the workdir's files (write_atomic); it alone records their digest.
+  test_digest = integrity.file_digest(workdir / "test_sequences.npz") if parallel.is_main_process() else None
   write_atomic(workdir / "config.json", config_to_json(config))
   write_atomic(workdir / "data.json", json.dumps(data_record(data, batch_size, test_digest), indent=2))
   write_atomic(workdir / "preprocessing.json", data.preprocessing.to_json())
-  dropout_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+  dropout_rng = mesh.replicate(jax.random.fold_in(jax.random.key(config.seed), 1))
 
   checkpoints = Checkpoints(workdir)
   state, meta = checkpoints.restore_latest(state)
@@ -463,16 +481,18 @@ def _train_and_evaluate(config, workdir):
   steps = batching.used_steps(*data.splits.values())
   compile_start = time.perf_counter()
   example = next(batching.iterate(data.train, batch_size, steps=steps))
-  step = (
-      jax.jit(functools.partial(train_step, label_smoothing=config.train.label_smoothing,
-                                class_weights=class_weights_for(config.train, data.train.labels, len(data.encoding.classes))),
-              donate_argnums=0)
-      .lower(state, example, dropout_rng)
-      .compile()
+  step = mesh.feeding(
+      mesh.jit(functools.partial(train_step, label_smoothing=config.train.label_smoothing,
+                                 class_weights=class_weights_for(config.train, data.train.labels, len(data.encoding.classes))),
+               batch_arg=1, donate_argnums=0)
+      .lower(state, mesh.shard(example), dropout_rng)
+      .compile(),
+      batch_arg=1,
   )
   seconds["train_step_compile"] = time.perf_counter() - compile_start
+  parallel.barrier(f"compiled {workdir}")
   training_start = time.perf_counter()
-  eval_fn = make_eval_step(state.apply_fn, config.train.label_smoothing)
+  eval_fn = make_eval_step(state.apply_fn, config.train.label_smoothing, mesh)
   plateau = make_plateau(config.train)
   n_batches = batching.num_batches(len(data.train), batch_size)
   logging.info(
@@ -583,6 +603,8 @@ def _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n
   results["sequence_mode"] = config.data.sequence_mode
   results["test_unit"] = test_unit(config)
   results["data_source"] = config.data.source
+  results["devices"] = mesh.num_devices
+  results["processes"] = jax.process_count()
   integrity.check_finite_record(results, workdir / "results.json")
   write_atomic(workdir / "results.json", json.dumps(results, indent=2))
   logging.info(

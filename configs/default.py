@@ -119,6 +119,8 @@ def get_config():
   # (Flax's defaults: 1e-6, one attention-dropout mask shared by the batch).
   config.model.layer_norm_eps = 1e-5
   config.model.attention_dropout_per_sequence = True
+  # Computation dtype: 'float32', or 'bfloat16' (for accelerators; parameters stay float32). See model.DTYPES.
+  config.model.dtype = "float32"
 
   config.train = ml_collections.ConfigDict()
   # Epochs and learning rate: see SCALES.
@@ -137,4 +139,16 @@ def get_config():
   config.train.plateau_patience = 3
   # Early stopping: epochs without a better validation accuracy.
   config.train.early_stop_patience = 8
+
+  # Data parallelism (cardiac_jax/parallel.py): batches split over a mesh of devices, parameters replicated.
+  config.parallel = ml_collections.ConfigDict()
+  # Devices of the mesh's 'data' axis, over all processes; 0 = all. train.batch_size must divide by it.
+  config.parallel.num_devices = 0
+  # Several processes (jax.distributed): the coordinator's host:port ('' = $JAX_COORDINATOR_ADDRESS, and if that
+  # is unset a single process), the number of processes (0 = $JAX_NUM_PROCESSES) and this one's id
+  # (-1 = $JAX_PROCESS_ID); the collectives CPU devices use across processes ('gloo' or 'mpi').
+  config.parallel.coordinator_address = ""
+  config.parallel.num_processes = 0
+  config.parallel.process_id = -1
+  config.parallel.cpu_collectives = "gloo"
   return with_scale(config, "base")
