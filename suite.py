@@ -3,16 +3,13 @@ python suite.py --config=configs/base.py --workdir=runs/suite --seeds=0,1,2
 and the per-cell annotation comparison with CellTypist:
 python suite.py --workdir=runs/annotation --rows=anchored,anchored-unweighted,cell-alone"""
 
-import pathlib
-
 from absl import flags
-from ml_collections import config_flags
 
 from cardiac_jax import checks, cli, suite, use_compilation_cache
 from configs import annotate, default
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", str(pathlib.Path(__file__).parent / "configs" / "base.py"), "Base configuration of every run.", lock_config=True)
+cli.define_config(__file__, "base.py", "Base configuration of every run.")
 flags.DEFINE_string("workdir", "runs/suite", "Folder for every run and the results (an interrupted suite resumes).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds; each changes the split, the sequences and the initialisation.")
 flags.DEFINE_list("rows", list(suite.SEED_ROWS), "Model rows to run (baselines run for every data setting used): "

@@ -10,7 +10,7 @@ from configs import default
 
 FLAGS = flags.FLAGS
 # The default config file is found beside this script, from whatever folder train.py is run.
-config_flags.DEFINE_config_file("config", str(pathlib.Path(__file__).parent / "configs" / "default.py"), "Training configuration file.", lock_config=True)
+cli.define_config(__file__, "default.py", "Training configuration file.")
 flags.DEFINE_string(
     "workdir", None, "Folder for checkpoints, metrics and results (resumes a run found there); default runs/<config name>."
 )

@@ -11,14 +11,14 @@ Writes <workdir>/donors.{json,md}, donors.png, reliability.png and unseen.{json,
 columns need the celltypist extra (pip install -e ".[celltypist]"). Interrupted loops resume.
 """
 
-from absl import flags
-from ml_collections import config_flags
 
-from cardiac_jax import cli, trust, use_compilation_cache
+from absl import flags
+
+from cardiac_jax import checks, cli, trust, use_compilation_cache
+from configs import default
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/annotate.py", "The annotation model's configuration.",
-                                lock_config=True)
+cli.define_config(__file__, "annotate.py", "The annotation model's configuration.")
 flags.DEFINE_string("workdir", "runs/trust", "Folder for every run and the results.")
 flags.DEFINE_enum("experiment", "donors", trust.EXPERIMENTS, "donors: leave-donors-out loop and calibration; "
                   "unseen: each cell type left out in turn.")
@@ -27,6 +27,7 @@ flags.DEFINE_list("types", [], "unseen: the types to leave out (default: every t
 
 
 def main():
+  checks.check_fields(FLAGS.config, default.get_config())
   use_compilation_cache(FLAGS.config.data.cache_dir)
   if FLAGS.experiment == "donors":
     trust.donor_loop(FLAGS.config, FLAGS.workdir, FLAGS.folds)

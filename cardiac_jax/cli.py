@@ -1,9 +1,11 @@
 """The one thin `main` of the entry points (train.py, eval.py, annotate.py, suite.py)."""
 
+import pathlib
 import re
 import sys
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.train import quiet_dependency_logs
@@ -35,6 +37,17 @@ def guarded(body):
   try:
     return body()
   except USER_ERRORS as e:
+    sys.exit(one_line(e))
+
+
+def define_config(script, config_name, help_text):
+  """The --config flag of an entry point, defaulting to configs/<config_name> beside `script`, so it is found
+  from any folder. ml_collections applies --config.<field> overrides to a default config as the flag is
+  defined: a misspelt field there is one `error:` line too, not a traceback."""
+  default = pathlib.Path(script).resolve().parent / "configs" / config_name
+  try:
+    config_flags.DEFINE_config_file("config", str(default), help_text, lock_config=True)
+  except (AttributeError, KeyError, ValueError, TypeError) as e:
     sys.exit(one_line(e))
 
 

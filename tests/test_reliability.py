@@ -223,6 +223,10 @@ def test_the_command_line_names_bad_flags_and_config_files(tmp_path):
   line = _one_error_line(_command([str(REPO / "train.py"), "--config.train.num_epochs=0", f"--workdir={workdir}"],
                                   cwd=tmp_path))
   assert "train.num_epochs=0 must be >= 1" in line
+  # ml_collections applies overrides to a default config as the flag is defined, before any main runs
+  line = _one_error_line(_command([str(REPO / "train.py"), "--config.train.num_epoch=3", f"--workdir={workdir}"],
+                                  cwd=tmp_path))
+  assert line == "error: config field 'num_epoch' does not exist; did you mean 'num_epochs'?"
   assert not workdir.exists()
 
 
