@@ -3,7 +3,8 @@
 The data's journey, one module per step: readers (files -> AnnData), preprocess, split, sequences, batches,
 model, train, metrics, report; dataset chains the data steps for a config, simulate writes the built-in data,
 inference turns a trained workdir into a Bundle that labels any AnnData (annotate); interpret says which genes
-and days a label leans on (explain) and scores that against the simulator's true genes.
+and days a label leans on (explain) and scores that against the simulator's true genes; calibrate and trust
+measure how far a label's confidence can be trusted; parallel spreads batches over a device mesh and processes.
 """
 
 from cardiac_jax.dataset import Dataset, prepare
