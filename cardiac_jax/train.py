@@ -515,7 +515,8 @@ def _train_and_evaluate(config, workdir):
   seconds["training"] = time.perf_counter() - training_start
   if tracker["epochs_since_best"] >= patience:
     logging.info("early stop: no better validation accuracy for %d epochs", patience)
-  return _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n_params, seconds, started)
+  return _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n_params, seconds, started,
+                 mesh.num_devices)
 
 
 def _check_finite_loss(value, workdir, where, tracker):
@@ -579,7 +580,8 @@ def _epoch(config, workdir, epoch, data, state, step, eval_fn, plateau, tracker,
   return state, tracker
 
 
-def _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n_params, seconds, started):
+def _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n_params, seconds, started,
+            n_devices):
   """Scores the best checkpoint on every split, fits the calibration and writes results.json."""
   params, best_meta = restore_best_params(workdir, state.params)
   results = {"best_epoch": best_meta["best_epoch"], "epochs_run": tracker["epoch"], "parameters": n_params}
@@ -603,7 +605,7 @@ def _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n
   results["sequence_mode"] = config.data.sequence_mode
   results["test_unit"] = test_unit(config)
   results["data_source"] = config.data.source
-  results["devices"] = mesh.num_devices
+  results["devices"] = n_devices
   results["processes"] = jax.process_count()
   integrity.check_finite_record(results, workdir / "results.json")
   write_atomic(workdir / "results.json", json.dumps(results, indent=2))
