@@ -11,9 +11,13 @@ beside the forward pass (reading, preprocessing, building anchored sequences) is
 """
 
 import os
+import pathlib
 import sys
 
 from absl import app, flags
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # configs/
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("devices", 2, "Virtual CPU devices of the data-parallel contender.")
