@@ -388,7 +388,8 @@ def check_same_inputs(expected, data, where):
 @contextlib.contextmanager
 def claimed_workdir(config, workdir):
   """Creates workdir, or checks that an existing one was made with this config (to resume or extend it), and
-  holds its lock while the run writes (integrity.workdir_lock). Done before any data preparation.
+  holds its lock while the run writes (integrity.workdir_lock; in a multi-process run, process 0 holds it).
+  Done before any data preparation.
 
   Only train.num_epochs may differ, so that a finished run can be continued for more epochs. A workdir this
   call created is removed again if the run fails before writing anything into it.
@@ -407,8 +408,10 @@ def claimed_workdir(config, workdir):
       raise ConfigError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
+  # The processes of one multi-process run share the workdir: process 0, the one that writes, holds the lock.
+  lock = integrity.workdir_lock(workdir) if parallel.is_main_process() else contextlib.nullcontext()
   try:
-    with integrity.workdir_lock(workdir):
+    with lock:
       yield
   except BaseException:
     if created and [p.name for p in workdir.iterdir()] == [integrity.LOCK_NAME]:
@@ -446,13 +449,13 @@ def train_and_evaluate(config, workdir):
   """
   workdir = pathlib.Path(workdir).expanduser()
   checks.check_values(config)
+  parallel.initialize(config.parallel)
   with claimed_workdir(config, workdir):
     return _train_and_evaluate(config, workdir)
 
 
 def _train_and_evaluate(config, workdir):
   started = time.perf_counter()
-  parallel.initialize(config.parallel)
   mesh = parallel.data_parallel(config.parallel.num_devices)
   data = datasets.prepare(config)
   seconds = {"data": time.perf_counter() - started}
