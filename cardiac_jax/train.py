@@ -284,7 +284,8 @@ class Checkpoints:
     self.latest.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(_saved(state)), meta=ocp.args.JsonSave(meta)))
     for manager in (self.best, self.latest) if improved else (self.latest,):
       manager.wait_until_finished()
-      integrity.record_checkpoint(_step_dir(manager, epoch), write_atomic)
+      if parallel.is_main_process():  # the one process that writes files records the digests
+        integrity.record_checkpoint(_step_dir(manager, epoch), write_atomic)
 
   def restore_latest(self, state):
     """(state, meta) of the latest epoch, or (state, None) when there is none."""
