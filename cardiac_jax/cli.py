@@ -2,6 +2,7 @@
 
 import pathlib
 import re
+import signal
 import sys
 
 from absl import app, flags
@@ -74,6 +75,12 @@ def run(body):
     if len(argv) > 1:
       sys.exit(f"error: unexpected arguments: {argv[1:]}")
     quiet_dependency_logs()
-    guarded(body)
+    try:
+      guarded(body)
+    except SystemExit:
+      # The error line is out and the program is ending: a second Ctrl-C while JAX and Orbax shut down must not
+      # turn exit code 1 into death by signal.
+      signal.signal(signal.SIGINT, signal.SIG_IGN)
+      raise
 
   app.run(main, flags_parser=parse_flags)

@@ -12,6 +12,8 @@ import json
 import math
 import os
 import pathlib
+import signal
+import threading
 
 import numpy as np
 from absl import logging
@@ -35,6 +37,37 @@ def folder_digests(folder):
   """{path relative to folder: sha256} of every file under folder."""
   folder = pathlib.Path(folder)
   return {str(p.relative_to(folder)): file_digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@contextlib.contextmanager
+def interrupts_held():
+  """Ctrl-C is ignored inside (main thread only; the handler before is restored after): the clean-up after a
+  first Ctrl-C (waiting for a checkpoint to commit) is not cut short by a second press."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def errors_name(path, temporary):
+  """OSErrors raised inside that name no file (a write to a full disk: the file was opened, writing failed) or
+  name `temporary` (the temporary file or folder being written in place of `path`) are raised again naming
+  `path`, or the file under it: the user is told of the file they asked for, not a temporary one."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is None:
+      raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    try:
+      inside = pathlib.Path(e.filename).relative_to(temporary)
+    except ValueError:
+      raise e from None
+    raise OSError(e.errno, e.strerror, str(pathlib.Path(path) / inside)) from e
 
 
 def read_json(path):

@@ -115,15 +115,16 @@ def evaluate(workdir):
   out = workdir / "report"
   staging = pathlib.Path(tempfile.mkdtemp(prefix=".report-", dir=workdir))
   try:
-    (staging / "report.json").write_text(json.dumps(report, indent=2))
-    np.savez(staging / "test_predictions.npz", logits=logits, labels=test.labels, classes=np.asarray(classes))
-    plot_confusion(
-        report["confusion_matrix"], classes, staging / "confusion.png",
-        f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
-    )
-    plot_learning_curves(history, staging / "learning_curves.png")
-    plot_reliability(logits, test.labels, bundle.temperature, staging / "reliability.png",
-                     f"test {train_lib.test_unit(config)}s, split by {config.split.unit}")
+    with integrity.errors_name(out, staging):
+      (staging / "report.json").write_text(json.dumps(report, indent=2))
+      np.savez(staging / "test_predictions.npz", logits=logits, labels=test.labels, classes=np.asarray(classes))
+      plot_confusion(
+          report["confusion_matrix"], classes, staging / "confusion.png",
+          f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
+      )
+      plot_learning_curves(history, staging / "learning_curves.png")
+      plot_reliability(logits, test.labels, bundle.temperature, staging / "reliability.png",
+                       f"test {train_lib.test_unit(config)}s, split by {config.split.unit}")
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)  # a full disk or Ctrl-C leaves no half-written report
     raise

@@ -225,13 +225,14 @@ def write_atomic(path, content):
   path = pathlib.Path(path)
   tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
   try:
-    if callable(content):
-      content(tmp)
-    elif isinstance(content, bytes):
-      tmp.write_bytes(content)
-    else:
-      tmp.write_text(content)
-    os.replace(tmp, path)
+    with integrity.errors_name(path, tmp):
+      if callable(content):
+        content(tmp)
+      elif isinstance(content, bytes):
+        tmp.write_bytes(content)
+      else:
+        tmp.write_text(content)
+      os.replace(tmp, path)
   finally:
     tmp.unlink(missing_ok=True)
 
@@ -512,10 +513,15 @@ def _train_and_evaluate(config, workdir):
       state, tracker = _epoch(config, workdir, epoch, data, state, step, eval_fn, plateau, tracker, history,
                               dropout_rng, batch_size, steps, n_batches, checkpoints)
   except KeyboardInterrupt:
-    raise ConfigError(f"{workdir}: interrupted in epoch {epoch}; epochs up to {tracker['epoch']} are saved: run the "
-                      "same command again to resume") from None
+    interrupted = True
+  else:
+    interrupted = False
   finally:
-    checkpoints.close()
+    with integrity.interrupts_held():  # a checkpoint being committed is waited for, even on a second Ctrl-C
+      checkpoints.close()
+  if interrupted:
+    raise ConfigError(f"{workdir}: interrupted in epoch {epoch}; epochs up to {tracker['epoch']} are saved: run the "
+                      "same command again to resume")
   seconds["training"] = time.perf_counter() - training_start
   if tracker["epochs_since_best"] >= patience:
     logging.info("early stop: no better validation accuracy for %d epochs", patience)

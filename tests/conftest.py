@@ -1,8 +1,9 @@
-"""Shared fixtures: one small simulated GSE175634 (and Visium) per test session, and the tiny config."""
+"""Shared fixtures: one small simulated GSE175634 (and Visium) per test session, the tiny config, and one
+finished tiny run that tests read but never change (copy it to damage or extend it)."""
 
 import pytest
 
-from cardiac_jax import dataset
+from cardiac_jax import dataset, train
 from configs import tiny
 
 
@@ -26,3 +27,13 @@ def config(cache_dir, simulated):
   config.data.cache_dir = str(cache_dir)
   config.data.reuse_prepared = False
   return config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cache_dir, simulated):
+  """(workdir, config, results) of a finished run of the tiny config (3 epochs, type sequences), trained once
+  per session. Read-only for tests: copy the workdir (shutil.copytree) to write into it."""
+  config = tiny.get_config()
+  config.data.cache_dir = str(cache_dir)
+  workdir = tmp_path_factory.mktemp("tiny_run") / "run"
+  return workdir, config, train.train_and_evaluate(config, workdir)

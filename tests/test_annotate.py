@@ -176,16 +176,12 @@ def test_the_command_says_what_is_wrong_in_one_line(run, tmp_path):
   assert not (tmp_path / "out.h5ad").exists()
 
 
-def test_refusals(run, tmp_path):
-  root, config, _, query = run
+def test_refusals(run, tiny_run, tmp_path):
+  root, _, _, query = run
   with pytest.raises(ConfigError, match="would overwrite the input"):
     inference.annotate_file(root / "run", root / "query.h5ad", root / "query.h5ad")
-  config = config.copy_and_resolve_references()
-  config.data.sequence_mode = "type"
-  config.train.num_epochs = 1
-  train.train_and_evaluate(config, tmp_path / "type")
   with pytest.raises(ConfigError, match="type sequences"):
-    inference.annotate(inference.load(tmp_path / "type"), query)
+    inference.annotate(inference.load(tiny_run[0]), query)
   with pytest.raises(ConfigError, match="no such workdir"):
     inference.load(tmp_path / "absent")
   with pytest.raises(DataError, match="no donor column 'batch'"):

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import pathlib
+import resource
 import shutil
 import signal
 import subprocess
@@ -26,7 +27,7 @@ import pytest
 import scipy.sparse as sp
 
 from cardiac_jax import checks, cli, dataset, inference, integrity, preprocess, report, simulate, train
-from configs import default, tiny
+from configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -50,13 +51,11 @@ def _history(workdir):
           for r in train.read_metrics(workdir)]
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory, cache_dir, simulated):
-  """(workdir, config, results) of a finished tiny run (3 epochs)."""
-  config = tiny.get_config()
-  config.data.cache_dir = str(cache_dir)
-  workdir = tmp_path_factory.mktemp("reliability") / "run"
-  return workdir, config, train.train_and_evaluate(config, workdir)
+@pytest.fixture()
+def run(tiny_run):
+  """(workdir, config, results) of the session's finished tiny run (3 epochs); the config is a copy."""
+  workdir, config, results = tiny_run
+  return workdir, config.copy_and_resolve_references(), results
 
 
 @pytest.fixture()
@@ -288,6 +287,20 @@ def test_a_full_disk_or_read_only_folder_is_one_line_and_leaves_no_half_report(c
   assert not (copy / "report").exists() and not list(copy.glob(".report-*"))
 
 
+def test_a_real_write_refusal_of_the_kernel_is_one_line_and_leaves_no_half_report(copy):
+  """Not a mock: eval.py under a 2 KB file-size limit (RLIMIT_FSIZE; root ignores read-only permission bits, and
+  a full disk cannot be made here), where the kernel refuses the report's writes as a full disk would."""
+  def unlocked():
+    return {k: v for k, v in _files(copy).items() if k != integrity.LOCK_NAME}
+
+  before = unlocked()
+  result = _command(["eval.py", f"--workdir={copy}"],
+                    preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048)))
+  assert _one_error_line(result) == f"error: {copy / 'report'}: File too large"
+  assert unlocked() == before
+  assert not list(copy.glob(".report-*"))
+
+
 # 3. Nothing lost, nothing half-written.
 
 def test_a_second_run_on_one_workdir_is_refused_at_start(run, monkeypatch):
@@ -344,13 +357,13 @@ def test_interrupted_simulations_leave_no_partial_folders(tmp_path, monkeypatch)
   assert list(tmp_path.iterdir()) == []
 
 
-def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cache_dir):
+def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cache_dir, tmp_path):
   """SIGINT once the first checkpoint is saved: one line naming the workdir and the last saved epoch, and a
   metrics.jsonl with a line for every saved epoch (at most one more: the epoch whose checkpoint was being
   saved, which a resumed run drops and writes again), with the uninterrupted run's numbers. That a resumed run
   ends with the same files is test_train.py's test_runs_are_deterministic_and_resume_exactly."""
   full, _, _ = run
-  workdir = full.parent / "interrupted"
+  workdir = tmp_path / "interrupted"
   checksums = workdir / "checkpoints" / "latest.sha256.json"
   process = subprocess.Popen(
       [sys.executable, "train.py", "--config=configs/tiny.py", f"--config.data.cache_dir={cache_dir}",
@@ -378,3 +391,28 @@ def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cach
   assert [r["epoch"] for r in saved] in (list(range(1, latest + 1)), list(range(1, latest + 2)))
   reference = _history(full)
   assert saved[: len(reference)] == reference[: len(saved)]
+
+
+def test_kill_9_mid_run_resumes_to_the_files_of_an_uninterrupted_run(run, cache_dir, tmp_path):
+  """SIGKILL (no handler runs) as soon as the first epoch's metrics line is written, which is before its
+  checkpoint is committed; the same run started again ends with the uninterrupted run's metrics.jsonl,
+  results, calibration and best parameters."""
+  full, config, expected = run
+  workdir = tmp_path / "killed"
+  process = subprocess.Popen(
+      [sys.executable, "train.py", "--config=configs/tiny.py", f"--config.data.cache_dir={cache_dir}",
+       f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.monotonic() + 300
+  while not (workdir / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.01)
+  process.kill()
+  assert process.wait(timeout=60) == -signal.SIGKILL  # killed mid-run, not finished
+  assert not (workdir / "results.json").exists()
+  resumed = train.train_and_evaluate(config, workdir)
+  assert _history(workdir) == _history(full)
+  assert {k: v for k, v in resumed.items() if k != "seconds"} == {k: v for k, v in expected.items() if k != "seconds"}
+  for name in ("calibration.json", "data.json", "preprocessing.json", "test_sequences.npz"):
+    assert (workdir / name).read_bytes() == (full / name).read_bytes(), name
+  state = train.initial_state(config, dataset.prepare(config))
+  jax.tree.map(np.testing.assert_array_equal, train.restore_best_params(workdir, state.params)[0],
+               train.restore_best_params(full, state.params)[0])

@@ -83,6 +83,7 @@ def test_per_cell_settings_pair_with_celltypist():
 
 
 def test_suite_runs_resumes_and_refuses_unknown_rows(config, tmp_path):
+  config.train.num_epochs = 1
   summary = suite.run(config, tmp_path, seeds=[0, 1], rows=["model"])
   methods = [r["method"] for r in summary]
   assert methods == list(baselines.BASELINES) + ["model"]

@@ -3,6 +3,7 @@ tiny end-to-end run that is deterministic, resumes exactly, and restores in a ne
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -36,10 +37,17 @@ def _batch(n=8, steps=4, genes=6, seed=0):
   }
 
 
-def test_one_step_changes_every_parameter():
+@pytest.fixture(scope="module")
+def stepper():
+  """(state, jitted train step): one state and one compiled step shared by the tests of the step."""
   state, _ = _state()
+  return state, jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(1), label_smoothing=0.1))
+
+
+def test_one_step_changes_every_parameter(stepper):
+  state, step = stepper
   before = jax.tree.map(np.asarray, state.params)
-  new_state, sums = train.train_step(state, _batch(), jax.random.key(1), label_smoothing=0.1)
+  new_state, sums = step(state, _batch())
   changed = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before, new_state.params)
   unchanged = [jax.tree_util.keystr(path) for path, c in jax.tree_util.tree_leaves_with_path(changed) if not c]
   assert not unchanged
@@ -47,10 +55,9 @@ def test_one_step_changes_every_parameter():
   assert float(sums["count"]) == 8
 
 
-def test_steps_lower_the_loss():
-  state, _ = _state()
+def test_steps_lower_the_loss(stepper):
+  state, step = stepper
   batch = _batch()
-  step = jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(1), label_smoothing=0.1))
   eval_fn = train.make_eval_step(state.apply_fn, 0.1)
   loss_before = float(eval_fn(state.params, batch=batch)[0]["loss"])
   for _ in range(30):
@@ -123,12 +130,13 @@ def _history(workdir):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cache_dir, simulated):
-  """A tiny run of 3 epochs, and the same run stopped after 2 epochs and then resumed to 3."""
+def runs(tmp_path_factory, tiny_run):
+  """The session's tiny run of 3 epochs (root / 'full', a link to it), and the same run stopped after 2 epochs
+  and then resumed to 3."""
   root = tmp_path_factory.mktemp("runs")
-  config = tiny.get_config()
-  config.data.cache_dir = str(cache_dir)
-  full = train.train_and_evaluate(config, root / "full")
+  (root / "full").symlink_to(tiny_run[0], target_is_directory=True)
+  full = tiny_run[2]
+  config = tiny_run[1].copy_and_resolve_references()
   config.train.num_epochs = 2
   train.train_and_evaluate(config, root / "resumed")
   stopped = _history(root / "resumed")
@@ -156,9 +164,9 @@ def test_another_config_in_the_same_workdir_is_refused(runs):
   assert (root / "full" / "results.json").read_text() == before
 
 
-def test_eval_restores_in_a_new_process(runs):
+def test_eval_restores_in_a_new_process(runs, tmp_path):
   root, config, full, *_ = runs
-  workdir = root / "full"
+  workdir = shutil.copytree(root / "full", tmp_path / "full")
   subprocess.run([sys.executable, "eval.py", f"--workdir={workdir}"], cwd=REPO, check=True, capture_output=True)
   report = json.loads((workdir / "report" / "report.json").read_text())
   assert report["accuracy"] == pytest.approx(full["test_accuracy"], abs=1e-12)
