@@ -54,13 +54,15 @@ def cell_types(config):
 
 def trained(config, workdir):
   """Trains a run into workdir unless it finished there already (a run whose calibration.json predates vector
-  scaling has it fitted again, report.refit_calibration); returns workdir."""
+  scaling has it fitted again, report.refit_calibration, and its scores in trust.json dropped); returns
+  workdir."""
   workdir = pathlib.Path(workdir)
   if not (workdir / "results.json").exists():
     train.train_and_evaluate(config, workdir)
   elif "vector" not in (calibrate.load(workdir) or {}):
     logging.info("trust: %s: calibration.json predates vector scaling; fitting it again", workdir)
     report.refit_calibration(workdir)
+    (workdir / "trust.json").unlink(missing_ok=True)
   return workdir
 
 

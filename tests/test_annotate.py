@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardiac_jax import calibrate, dataset, inference, readers, report, train
+from cardiac_jax import calibrate, dataset, inference, readers, report, train, trust
 from cardiac_jax.errors import ConfigError, DataError
 from configs import tiny
 
@@ -133,18 +133,22 @@ def test_labels_are_the_most_probable_class_after_vector_scaling(run):
 
 
 def test_refitting_the_calibration_of_an_earlier_run(run, tmp_path):
-  root, *_ = run
+  """trust.py refits (report.refit_calibration) a run whose calibration.json has only a temperature."""
+  root, config, *_ = run
   workdir = tmp_path / "run"
   shutil.copytree(root / "run", workdir)
   fitted = json.loads((workdir / "calibration.json").read_text())
   old = {k: fitted[k] for k in ("temperature", "val_nll_before", "val_nll_after", "val_score_quantiles")}
   (workdir / "calibration.json").write_text(json.dumps(old))
+  (workdir / "trust.json").write_text("{}")  # scores under the old calibration
   assert inference.load(workdir).calibrated(np.ones((1, 2))) == pytest.approx(1.0 / old["temperature"])
-  refitted = report.refit_calibration(workdir)
+  trust.trained(config, workdir)
+  assert not (workdir / "trust.json").exists()
   again = json.loads((workdir / "calibration.json").read_text())
   assert again["method"] == fitted["method"] and again["choice"]["rule"] == fitted["choice"]["rule"]
   np.testing.assert_allclose(again["scale"], fitted["scale"], rtol=1e-4)
-  assert json.loads((workdir / "results.json").read_text())["calibration"] == refitted
+  refitted = json.loads((workdir / "results.json").read_text())["calibration"]
+  assert {k: refitted[k] for k in again} == again
   assert refitted["test_ece_after"] == pytest.approx(
       json.loads((root / "run" / "results.json").read_text())["calibration"]["test_ece_after"], abs=1e-4)
   results = json.loads((workdir / "results.json").read_text())
