@@ -7,16 +7,21 @@ The input (an .h5ad, or a folder in GSE175634's GEO layout) needs a time column 
 copy with obs['cardiac_jax_label'], obs['cardiac_jax_confidence'], obsm['cardiac_jax_probabilities'] and
 uns['cardiac_jax'], written completely or not at all.
 
-What the confidence means: the model's probability of the label it gives, calibrated by temperature scaling
-on the training run's validation cells (held-out donors): logits are divided by the temperature in the
-workdir's calibration.json, fitted to minimise the validation negative log-likelihood, so that among cells
-given confidence p about a fraction p should be right (eval.py's reliability.png shows how well that holds on
-the test cells; the README's "How far to trust a label" measures it on held-out donors). Calibration cannot
-change which label is given.
+What the confidence means: the model's probability of the label it gives, calibrated on the training run's
+validation cells (held-out donors) so that among cells given confidence p about a fraction p should be right
+(eval.py's reliability.png shows how well that holds on the test cells; the README's "How far to trust a
+label" measures it on held-out donors). The workdir's calibration.json holds an affine map of the logits,
+logits * scale + bias, fitted to minimise the validation negative log-likelihood: temperature scaling (one
+scale 1/T for every class, no bias) or vector scaling (a scale and a bias per class), whichever calibration.json
+chose: vector scaling only where, fitted on one half of the validation cells and scored on the other (both
+ways), its likelihood beat the temperature's by more than 2 standard errors. The label is the most probable
+class after calibration: temperature scaling never changes it, vector scaling can (it moves a class's
+probabilities up or down for every cell).
 
-When a cell is 'Unassigned': when its --unassigned_score is below a threshold. By default the threshold is
-chosen on the training run's validation cells (held-out donors, all of types the model knows) so that a share
---keep_known (0.95) of them stay assigned: about 5% of cells of known types are expected to be Unassigned,
+When a cell is 'Unassigned': when its --unassigned_score (of the calibrated logits) is below a threshold. By
+default the threshold is chosen on the training run's validation cells (held-out donors, all of types the
+model knows; their scores under the same calibration) so that a share --keep_known (0.95) of them stay
+assigned: about 5% of cells of known types are expected to be Unassigned,
 and cells unlike any training type more often (how much more is measured per left-out type in the README).
 --threshold sets it by hand instead (e.g. --unassigned_score=probability --threshold=0.5: the label must be
 more probable than all other classes together); --unassigned_score=none labels every cell.
@@ -39,8 +44,9 @@ flags.DEFINE_string("gene_key", None, "var column of gene names; default: var_na
 flags.DEFINE_enum("normalization", "auto", preprocess.NORMALIZATIONS,
                   "What X holds: auto (detected as training does), counts, linear (FPKM/TPM) or log.")
 flags.DEFINE_enum("unassigned_score", calibrate.DEFAULT_SCORE, inference.UNASSIGNED_SCORES,
-                  "The score that decides 'Unassigned': probability (calibrated top probability), energy "
-                  "(temperature x logsumexp of logits / temperature) or none (every cell labelled).")
+                  "The score that decides 'Unassigned', of the calibrated logits (temperature or vector scaling, "
+                  "as calibration.json chose; vector scaling can change the label): probability (top "
+                  "probability), energy (logsumexp) or none (every cell labelled).")
 flags.DEFINE_float("keep_known", calibrate.KEEP_KNOWN, "Without --threshold: the threshold keeps this share of "
                    "the run's validation cells (known types, held-out donors) assigned.")
 flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unassigned' (overrides --keep_known).")

@@ -1,16 +1,25 @@
-"""Logits -> calibrated probabilities: temperature scaling fitted on the validation split, and how to measure it.
+"""Logits -> calibrated probabilities: an affine map of the logits fitted on the validation split, and how to
+measure it.
 
 A network trained with cross-entropy is often over- (or under-) confident: its top softmax probability is
-not the frequency with which it is right. Temperature scaling (Guo et al., 2017) divides every logit by one
-number T > 0 chosen to minimise the negative log-likelihood of the validation labels; it cannot change which
-class is most probable, only how sure the model says it is. `fit_temperature` finds T; the workdir keeps it
-in calibration.json and `inference` applies it to every prediction.
+not the frequency with which it is right. Two maps of the logits are fitted to minimise the negative
+log-likelihood (NLL) of the validation labels (Guo et al., 2017):
+- temperature scaling, logits / T with one number T > 0 (`fit_temperature`): it cannot change which class is
+  most probable, only how sure the model says it is;
+- vector scaling, logits * w + b with a scale and a bias per class (`fit_vector`): it can also change which
+  class is most probable, and so the label a cell gets.
+`fit` fits both on the validation cells and chooses vector scaling only where it measurably helps there: in a
+2-fold cross-fit (each map fitted on one half of the validation cells and its NLL measured on the other half,
+both ways) its NLL must be lower than the temperature's by more than `VECTOR_MARGIN` standard errors of the
+per-cell difference. The workdir keeps the
+chosen map, refitted on all validation cells, in calibration.json as `scale` and `bias` [classes] (for a
+temperature 1/T and 0), and `apply` applies it to every prediction.
 
 Measures: `expected_calibration_error` (top-label ECE over equal-width bins of the top probability) and its
 class-wise version, and `reliability` (the per-bin table a reliability diagram draws).
 
-Cells of a type the model never saw: `SCORES` are per-cell numbers that are high for cells like the training
-types (the calibrated top probability; the negative free energy of the logits, Liu et al. 2020). The
+Cells of a type the model never saw: `SCORES` are per-cell numbers of the calibrated logits that are high for
+cells like the training types (the top probability; the negative free energy, Liu et al. 2020). The
 calibration record keeps the quantiles of each score on the validation cells (all of known types), so a
 threshold can be chosen that keeps a stated share of known cells assigned (`threshold`).
 """
@@ -26,6 +35,13 @@ from cardiac_jax import integrity
 ECE_BINS = 15
 # The temperature is searched on log T in this range (T from 0.05 to 20).
 _LOG_T_RANGE = (np.log(0.05), np.log(20.0))
+# Vector scaling is chosen only when its cross-fitted validation NLL is lower than the temperature's by more
+# than this many standard errors of the mean per-cell difference (so that noise in the halves does not pick
+# the map with more parameters where one temperature is all there is); the cross-fit's halves come from this
+# seed.
+VECTOR_MARGIN = 2.0
+CROSS_FIT_SEED = 0
+METHODS = ("temperature", "vector")
 
 
 def log_softmax(logits):
@@ -33,9 +49,9 @@ def log_softmax(logits):
   return z - np.log(np.exp(z).sum(-1, keepdims=True))
 
 
-def softmax(logits, temperature=1.0):
-  """[n, classes] float64 softmax(logits / temperature)."""
-  return np.exp(log_softmax(np.asarray(logits, np.float64) / temperature))
+def softmax(logits):
+  """[n, classes] float64 softmax of logits [n, classes]."""
+  return np.exp(log_softmax(np.asarray(logits, np.float64)))
 
 
 def logsumexp(logits):
@@ -70,6 +86,76 @@ def fit_temperature(logits, labels, iterations=100):
   return float(np.exp((lo + hi) / 2))
 
 
+def fit_vector(logits, labels):
+  """Vector scaling (Guo et al., 2017): per-class scale w and bias b [classes] minimising the NLL of
+  softmax(logits * w + b), by L-BFGS from the temperature's solution. Unlike a temperature it can change the
+  most probable class. Returns (w, b)."""
+  logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+  n, classes = logits.shape
+  onehot = np.eye(classes)[labels]
+
+  def loss_and_grad(theta):
+    w, b = theta[:classes], theta[classes:]
+    z = logits * w + b
+    log_p = log_softmax(z)
+    g = (np.exp(log_p) - onehot) / n
+    return -(log_p * onehot).sum() / n, np.concatenate([(g * logits).sum(0), g.sum(0)])
+
+  start = np.concatenate([np.full(classes, 1.0 / fit_temperature(logits, labels)), np.zeros(classes)])
+  theta = scipy.optimize.minimize(loss_and_grad, start, jac=True, method="L-BFGS-B").x
+  return theta[:classes], theta[classes:]
+
+
+def fit_map(method, logits, labels):
+  """(scale, bias) [classes] of calibration `method` (one of METHODS) fitted on logits [n, classes], labels [n]."""
+  if method == "vector":
+    return fit_vector(logits, labels)
+  classes = np.shape(logits)[1]
+  return np.full(classes, 1.0 / fit_temperature(logits, labels)), np.zeros(classes)
+
+
+def halves(labels, seed=CROSS_FIT_SEED):
+  """[n] bool: the first half of a 2-fold split of the cells, stratified by label (each class's cells, in an
+  order drawn with `seed`, go to either half in turn)."""
+  labels = np.asarray(labels)
+  order = np.random.default_rng(seed).permutation(len(labels))
+  order = order[np.argsort(labels[order], kind="stable")]
+  first = np.zeros(len(labels), bool)
+  first[order[::2]] = True
+  return first
+
+
+def cross_fit_nll(method, logits, labels, first):
+  """[n] NLL of each cell under `method` fitted on the half (`first` [n] bool, or its complement) it is not in."""
+  logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
+  out = np.zeros(len(labels))
+  for fit_on in (first, ~first):
+    scale, bias = fit_map(method, logits[fit_on], labels[fit_on])
+    out[~fit_on] = -log_softmax(logits[~fit_on] * scale + bias)[np.arange((~fit_on).sum()), labels[~fit_on]]
+  return out
+
+
+def apply(record, logits):
+  """[n, classes] float64 calibrated logits: logits * scale + bias of a calibration record (`fit`). A record
+  from before vector scaling, with only a temperature T, means logits / T; no record (None), the logits as
+  they are."""
+  logits = np.asarray(logits, np.float64)
+  if record is None:
+    return logits
+  if "scale" not in record:
+    return logits / record["temperature"]
+  return logits * np.asarray(record["scale"], np.float64) + np.asarray(record["bias"], np.float64)
+
+
+def describe(record):
+  """The calibration of a record in words, e.g. 'temperature scaling (T = 0.98)'."""
+  if record is None:
+    return "none"
+  if record.get("method", "temperature") == "temperature":
+    return f"temperature scaling (T = {record['temperature']:.3g})"
+  return "vector scaling"
+
+
 def reliability(confidence, correct, bins=ECE_BINS):
   """Per equal-width bin of `confidence` [n]: (count, mean confidence, accuracy), arrays of length `bins`."""
   confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
@@ -92,26 +178,6 @@ def expected_calibration_error(probabilities, labels, bins=ECE_BINS):
   return top_label_ece(probabilities.max(1), probabilities.argmax(1) == np.asarray(labels), bins)
 
 
-def fit_vector(logits, labels):
-  """Vector scaling (Guo et al., 2017): per-class scale w and bias b [classes] minimising the NLL of
-  softmax(logits * w + b), by L-BFGS from the temperature's solution. Unlike a temperature it can change the
-  most probable class. Returns (w, b)."""
-  logits, labels = np.asarray(logits, np.float64), np.asarray(labels)
-  n, classes = logits.shape
-  onehot = np.eye(classes)[labels]
-
-  def loss_and_grad(theta):
-    w, b = theta[:classes], theta[classes:]
-    z = logits * w + b
-    log_p = log_softmax(z)
-    g = (np.exp(log_p) - onehot) / n
-    return -(log_p * onehot).sum() / n, np.concatenate([(g * logits).sum(0), g.sum(0)])
-
-  start = np.concatenate([np.full(classes, 1.0 / fit_temperature(logits, labels)), np.zeros(classes)])
-  theta = scipy.optimize.minimize(loss_and_grad, start, jac=True, method="L-BFGS-B").x
-  return theta[:classes], theta[classes:]
-
-
 def classwise_ece(probabilities, labels, bins=ECE_BINS):
   """Class-wise ECE: for every class, the ECE of its probability against being of that class; their mean."""
   probabilities, labels = np.asarray(probabilities), np.asarray(labels)
@@ -122,12 +188,12 @@ def classwise_ece(probabilities, labels, bins=ECE_BINS):
   return float(np.mean(errors))
 
 
-# Scores of how much a cell looks like the training types, from its logits [n, classes] and the temperature;
-# higher = more like them. 'probability': the calibrated top probability. 'energy': T * logsumexp(logits / T),
+# Scores of how much a cell looks like the training types, from its calibrated logits [n, classes] (`apply`);
+# higher = more like them. 'probability': the top probability. 'energy': logsumexp of the calibrated logits,
 # the negative free energy, which keeps the logits' scale that the softmax throws away.
 SCORES = {
-    "probability": lambda logits, t: softmax(logits, t).max(-1),
-    "energy": lambda logits, t: t * logsumexp(np.asarray(logits, np.float64) / t),
+    "probability": lambda calibrated: softmax(calibrated).max(-1),
+    "energy": logsumexp,
 }
 # The validation quantiles of every score kept in calibration.json: 0%, 0.5%, ..., 100%.
 QUANTILES = np.linspace(0.0, 1.0, 201)
@@ -138,11 +204,11 @@ DEFAULT_SCORE = "probability"
 KEEP_KNOWN = 0.95
 
 
-def score(name, logits, temperature=1.0):
-  """[n] float64 score `name` (one of SCORES) of each row of logits."""
+def score(name, calibrated):
+  """[n] float64 score `name` (one of SCORES) of each row of calibrated logits [n, classes] (`apply`)."""
   if name not in SCORES:
     raise ValueError(f"unknown score {name!r}; known: {list(SCORES)}")
-  return np.asarray(SCORES[name](logits, temperature), np.float64)
+  return np.asarray(SCORES[name](np.asarray(calibrated, np.float64)), np.float64)
 
 
 def threshold(record, name, keep=KEEP_KNOWN):
@@ -153,35 +219,69 @@ def threshold(record, name, keep=KEEP_KNOWN):
   return float(np.interp(1.0 - keep, QUANTILES, record["val_score_quantiles"][name]))
 
 
+def choose(logits, labels):
+  """(method, how it was chosen): vector scaling where its 2-fold cross-fitted mean NLL on these cells is lower
+  than the temperature's by more than VECTOR_MARGIN standard errors of the per-cell difference, else the
+  temperature (also when a class has fewer than 2 cells, so that a half would lack it)."""
+  rule = (f"vector when its 2-fold cross-fitted validation NLL (stratified halves, seed {CROSS_FIT_SEED}) is "
+          f"lower than the temperature's by more than {VECTOR_MARGIN:g} standard errors of the per-cell difference")
+  if np.bincount(labels, minlength=np.shape(logits)[1]).min() < 2:
+    return "temperature", {"rule": rule, "cross_fit_nll": {}, "why": "a class has fewer than 2 validation cells"}
+  first = halves(labels)
+  per_cell = {m: cross_fit_nll(m, logits, labels, first) for m in METHODS}
+  difference = per_cell["vector"] - per_cell["temperature"]
+  standard_error = float(difference.std(ddof=1) / np.sqrt(len(difference)))
+  method = "vector" if difference.mean() < -VECTOR_MARGIN * standard_error else "temperature"
+  return method, {"rule": rule, "cross_fit_nll": {m: float(v.mean()) for m, v in per_cell.items()},
+                  "standard_error": standard_error}
+
+
 def fit(val_logits, val_labels):
-  """The calibration record of a run: the temperature, the validation NLL and ECE before and after it, and the
-  validation quantiles of every score in SCORES (with that temperature)."""
-  temperature = fit_temperature(val_logits, val_labels)
-  before, after = softmax(val_logits), softmax(val_logits, temperature)
-  return {
-      "method": "temperature",
-      "temperature": temperature,
-      "val_nll_before": nll(val_logits, val_labels),
-      "val_nll_after": nll(val_logits, val_labels, temperature),
-      "val_ece_before": expected_calibration_error(before, val_labels),
-      "val_ece_after": expected_calibration_error(after, val_labels),
-      "val_score_quantiles": {name: np.quantile(score(name, val_logits, temperature), QUANTILES).tolist()
-                              for name in SCORES},
-  }
+  """The calibration record of a run: both maps fitted on all validation cells ('temperature'; 'vector': scale
+  and bias), the chosen one ('method', 'scale', 'bias' [classes]) and how it was chosen ('choice'), the
+  validation NLL and ECE before and after the chosen map, and the validation quantiles of every score in
+  SCORES (of the calibrated logits)."""
+  logits, labels = np.asarray(val_logits, np.float64), np.asarray(val_labels)
+  fits = {m: fit_map(m, logits, labels) for m in METHODS}
+  method, choice = choose(logits, labels)
+  scale, bias = fits[method]
+  record = {"method": method, "scale": scale.tolist(), "bias": bias.tolist(), "choice": choice,
+            "temperature": float(1.0 / fits["temperature"][0][0]),
+            "vector": {"scale": fits["vector"][0].tolist(), "bias": fits["vector"][1].tolist()}}
+  calibrated = apply(record, logits)
+  return dict(
+      record,
+      val_nll_before=nll(logits, labels),
+      val_nll_after=nll(calibrated, labels),
+      val_ece_before=expected_calibration_error(softmax(logits), labels),
+      val_ece_after=expected_calibration_error(softmax(calibrated), labels),
+      val_score_quantiles={name: np.quantile(score(name, calibrated), QUANTILES).tolist() for name in SCORES},
+  )
 
 
-def test_record(logits, labels, temperature):
-  """Test NLL and top-label and class-wise ECE without and with the temperature."""
-  record = {}
-  for name, t in (("before", 1.0), ("after", temperature)):
-    probabilities = softmax(logits, t)
-    record[f"test_nll_{name}"] = nll(logits, labels, t)
-    record[f"test_ece_{name}"] = expected_calibration_error(probabilities, labels)
-    record[f"test_classwise_ece_{name}"] = classwise_ece(probabilities, labels)
-  return record
+def test_record(logits, labels, record):
+  """Test NLL and top-label and class-wise ECE without and with the calibration `record` (None: without)."""
+  out = {}
+  for name, calibrated in (("before", np.asarray(logits, np.float64)), ("after", apply(record, logits))):
+    probabilities = softmax(calibrated)
+    out[f"test_nll_{name}"] = nll(calibrated, labels)
+    out[f"test_ece_{name}"] = expected_calibration_error(probabilities, labels)
+    out[f"test_classwise_ece_{name}"] = classwise_ece(probabilities, labels)
+  return out
+
+
+def upgraded(record):
+  """A calibration record as this version reads it: one from before vector scaling kept its energy quantiles as
+  T x logsumexp(logits / T); the energy is now logsumexp(logits / T), so they are divided by T."""
+  if record is None or "scale" in record or "val_score_quantiles" not in record:
+    return record
+  quantiles = dict(record["val_score_quantiles"])
+  quantiles["energy"] = (np.asarray(quantiles["energy"]) / record["temperature"]).tolist()
+  return dict(record, val_score_quantiles=quantiles)
 
 
 def load(workdir):
-  """A workdir's calibration record (calibration.json), or None for a run trained before calibration existed."""
+  """A workdir's calibration record (calibration.json, `upgraded`), or None for a run trained before calibration
+  existed."""
   path = pathlib.Path(workdir) / "calibration.json"
-  return integrity.read_json(path) if path.exists() else None
+  return upgraded(integrity.read_json(path)) if path.exists() else None

@@ -59,7 +59,8 @@ class Bundle:
     preprocessing: the preprocess.Preprocessing fitted on the training cells.
     record: data.json of the run (batch size, input features, split counts, ...).
     checkpoint: the best checkpoint's metadata (epoch, validation accuracy).
-    calibration: calibration.json of the run (the temperature fitted on validation), or None.
+    calibration: calibration.json of the run (the affine map of the logits fitted on validation:
+      temperature or vector scaling, calibrate.apply), or None.
   """
 
   workdir: pathlib.Path
@@ -73,10 +74,9 @@ class Bundle:
   checkpoint: dict
   calibration: Any = None
 
-  @property
-  def temperature(self):
-    """Logits are divided by this before the softmax (1.0 for a run without calibration.json)."""
-    return self.calibration["temperature"] if self.calibration else 1.0
+  def calibrated(self, logits):
+    """[n, classes] float64 calibrated logits (calibrate.apply; unchanged for a run without calibration.json)."""
+    return calibrate.apply(self.calibration, logits)
 
   @property
   def sequence_mode(self):
@@ -133,8 +133,9 @@ def predict_logits(bundle, sequences, predict_fn=None, batch_size=None):
 
 
 def probabilities(bundle, logits):
-  """[n, classes] float32 calibrated class probabilities: softmax(logits / the bundle's temperature)."""
-  return calibrate.softmax(logits, bundle.temperature).astype(np.float32)
+  """[n, classes] float32 calibrated class probabilities: softmax of the bundle's calibrated logits [n, classes].
+  Under vector scaling the most probable class can differ from the largest raw logit."""
+  return calibrate.softmax(bundle.calibrated(logits)).astype(np.float32)
 
 
 def time_indices(bundle, values, path, time_key):
@@ -204,7 +205,8 @@ def predict_cell_logits(bundle, x, times, groups=None, progress=True, data_paral
 
 @dataclasses.dataclass(frozen=True)
 class UnassignedRule:
-  """When a cell is labelled 'Unassigned': its score (calibrate.SCORES, from its logits) is below threshold.
+  """When a cell is labelled 'Unassigned': its score (calibrate.SCORES, of its calibrated logits) is below
+  threshold.
 
   Attributes:
     score: a name in calibrate.SCORES, or 'none' (every cell gets its most probable class).
@@ -216,11 +218,11 @@ class UnassignedRule:
   threshold: float
   chosen_by: str
 
-  def unassigned(self, logits, temperature):
-    """[cells] bool: the cells this rule leaves unassigned."""
+  def unassigned(self, calibrated):
+    """[cells] bool: the cells this rule leaves unassigned, from their calibrated logits [cells, classes]."""
     if self.score == "none":
-      return np.zeros(len(logits), bool)
-    return calibrate.score(self.score, logits, temperature) < self.threshold
+      return np.zeros(len(calibrated), bool)
+    return calibrate.score(self.score, calibrated) < self.threshold
 
 
 UNASSIGNED_SCORES = ("none",) + tuple(calibrate.SCORES)
@@ -282,8 +284,9 @@ class Annotation:
   Attributes:
     labels: [cells] str class name, or UNASSIGNED where the unassigned rule says so.
     confidence: [cells] float32 probability of the most probable class.
-    probabilities: [cells, classes] float32.
-    logits: [cells, classes] float32, before calibration (what every Unassigned score is computed from).
+    probabilities: [cells, classes] float32 calibrated probabilities (the label is their most probable class).
+    logits: [cells, classes] float32, before calibration (Unassigned scores are computed from
+      `Bundle.calibrated` of them).
     info: JSON-ready: classes, time points, genes used and missing, settings, the workdir, the version.
   """
 
@@ -312,8 +315,9 @@ def _annotation(bundle, adata, path, *, time_key, donor_key, gene_key, normaliza
                f"{len(x):,}", report["normalization"], len(report["missing_genes"]), len(bundle.preprocessing.genes),
                f" ({report['missing_genes'][:10]})" if report["missing_genes"] else "")
   logits = predict_cell_logits(bundle, x, times, groups, progress)
-  probabilities = calibrate.softmax(logits, bundle.temperature).astype(np.float32)
-  labels, confidence = labels_from(probabilities, bundle.classes, rule.unassigned(logits, bundle.temperature))
+  calibrated = bundle.calibrated(logits)
+  probabilities = calibrate.softmax(calibrated).astype(np.float32)
+  labels, confidence = labels_from(probabilities, bundle.classes, rule.unassigned(calibrated))
   info = {
       "classes": list(bundle.classes),
       "time_points": list(bundle.time_points),
@@ -324,7 +328,7 @@ def _annotation(bundle, adata, path, *, time_key, donor_key, gene_key, normaliza
       "sequence_mode": bundle.sequence_mode,
       "context_donor_column": donor_key if groups is not None else "",
       "unassigned": dataclasses.asdict(rule),
-      "temperature": bundle.temperature,
+      "calibration": calibrate.describe(bundle.calibration),
       "workdir": str(bundle.workdir.absolute()),
       "version": importlib.metadata.version("cardiac_jax"),
   }
@@ -337,6 +341,9 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
 
   The copy gains obs['cardiac_jax_label'] (categorical; 'Unassigned' where the unassigned rule says so),
   obs['cardiac_jax_confidence'], obsm['cardiac_jax_probabilities'] [cells, classes] and uns['cardiac_jax'].
+  Probabilities are calibrated with the run's calibration.json (temperature or vector scaling, chosen on the
+  validation cells); the label is the most probable class after calibration, which under vector scaling can
+  differ from the largest raw logit.
 
   Args:
     bundle: `load(workdir)` of a model trained with a per-cell sequence mode (anchored or cell).

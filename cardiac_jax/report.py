@@ -6,6 +6,9 @@ report/confusion.png the test confusion matrix
 report/learning_curves.png  loss and accuracy per epoch, from metrics.jsonl
 report/test_predictions.npz  logits [n, classes], labels [n] and class names of the test sequences
 report/reliability.png  accuracy against confidence on the test split, before and after calibration
+
+`refit_calibration` fits a finished run's calibration again with this version's `calibrate.fit` (e.g. a
+workdir from before vector scaling).
 """
 
 import json
@@ -17,9 +20,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
-from cardiac_jax import calibrate, inference, integrity
+from cardiac_jax import calibrate, dataset, inference, integrity
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import train as train_lib
+from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import count_params
 
 
@@ -58,13 +62,16 @@ def plot_learning_curves(history, path):
   plt.close(fig)
 
 
-def plot_reliability(logits, labels, temperature, path, title):
-  """Reliability diagram: per bin of the top probability, accuracy against mean confidence, with and without
-  the temperature; the diagonal is perfect calibration."""
+def plot_reliability(logits, labels, calibration, path, title):
+  """Reliability diagram: per bin of the top probability, accuracy against mean confidence, without and with
+  the run's calibration record (calibrate.apply; None: without only); the diagonal is perfect calibration."""
   fig, ax = plt.subplots(figsize=(5, 5))
   ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
-  for name, t in (("uncalibrated", 1.0), (f"temperature {temperature:.2f}", temperature)):
-    probabilities = calibrate.softmax(logits, t)
+  curves = {"uncalibrated": logits}
+  if calibration is not None:
+    curves[calibrate.describe(calibration)] = calibrate.apply(calibration, logits)
+  for name, calibrated in curves.items():
+    probabilities = calibrate.softmax(calibrated)
     count, confidence, accuracy = calibrate.reliability(probabilities.max(1), probabilities.argmax(1) == labels)
     used = count > 0
     ece = calibrate.expected_calibration_error(probabilities, labels)
@@ -108,7 +115,7 @@ def evaluate(workdir):
       data_source=config.data.source,
       sequences=record["report"]["sequences"],
       leakage=record["report"]["leakage"],
-      calibration=dict(bundle.calibration or {}, **calibrate.test_record(logits, test.labels, bundle.temperature)),
+      calibration=dict(bundle.calibration or {}, **calibrate.test_record(logits, test.labels, bundle.calibration)),
   )
   integrity.check_finite_record(report, workdir / "report" / "report.json")
   history = train_lib.read_metrics(workdir)
@@ -123,7 +130,7 @@ def evaluate(workdir):
           f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
       )
       plot_learning_curves(history, staging / "learning_curves.png")
-      plot_reliability(logits, test.labels, bundle.temperature, staging / "reliability.png",
+      plot_reliability(logits, test.labels, bundle.calibration, staging / "reliability.png",
                        f"test {train_lib.test_unit(config)}s, split by {config.split.unit}")
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)  # a full disk or Ctrl-C leaves no half-written report
@@ -133,3 +140,26 @@ def evaluate(workdir):
   staging.rename(out)
   logging.info("test accuracy %.4f, macro-F1 %.4f; report in %s", report["accuracy"], report["macro_f1"], out)
   return report
+
+
+def refit_calibration(workdir):
+  """Fits a finished run's calibration again (calibrate.fit) from the validation logits of its best model and
+  rewrites calibration.json and results.json's 'calibration'; returns the latter (the new record with the test
+  NLL and ECE before and after it).
+
+  The validation split is prepared again from the run's config; it must give the validation accuracy the run
+  recorded, or the data have changed since and nothing is written.
+  """
+  bundle, test, test_logits, _ = score(workdir)
+  val = dataset.prepare(bundle.config).val
+  val_logits = inference.predict_logits(bundle, val)
+  results_path = bundle.workdir / "results.json"
+  results = integrity.read_json(results_path)
+  accuracy = float((val_logits.argmax(1) == val.labels).mean())
+  if abs(accuracy - results["val_accuracy"]) > 1e-6:
+    raise ConfigError(f"{results_path}: validation accuracy {results['val_accuracy']:.6f}, but the validation "
+                      f"cells prepared again give {accuracy:.6f}; the data changed since the run, not refitted")
+  results["calibration"] = train_lib.write_calibration(bundle.workdir, val_logits, val.labels, test_logits,
+                                                       test.labels)
+  train_lib.write_atomic(results_path, json.dumps(results, indent=2))
+  return results["calibration"]

@@ -9,7 +9,7 @@ A workdir holds everything a run writes:
   data.json        label encoding, input genes, time points, split counts and the leakage audit
   preprocessing.json  the preprocessing fitted on the training cells (preprocess.Preprocessing)
   test_sequences.npz  the test split's sequences and the names of its cells, for eval.py
-  calibration.json the temperature fitted on the validation split (calibrate.py)
+  calibration.json the calibration fitted on the validation split: temperature or vector scaling (calibrate.py)
   metrics.jsonl    one line per epoch
   checkpoints/     Orbax: best/ (parameters of the best validation accuracy) and latest/ (the full state)
   results.json     final train/val/test accuracy of the best model
@@ -590,6 +590,15 @@ def _epoch(config, workdir, epoch, data, state, step, eval_fn, plateau, tracker,
   return state, tracker
 
 
+def write_calibration(workdir, val_logits, val_labels, test_logits, test_labels):
+  """Fits the calibration on the validation logits [n, classes] and labels [n] (calibrate.fit) and writes it to
+  workdir/calibration.json; returns it with the test NLL and ECE before and after it (results.json's)."""
+  calibration = calibrate.fit(val_logits, val_labels)
+  integrity.check_finite_record(calibration, workdir / "calibration.json")
+  write_atomic(workdir / "calibration.json", json.dumps(calibration, indent=2))
+  return dict(calibration, **calibrate.test_record(test_logits, test_labels, calibration))
+
+
 def _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n_params, seconds, started,
             n_devices):
   """Scores the best checkpoint on every split, fits the calibration and writes results.json."""
@@ -603,11 +612,8 @@ def _finish(config, workdir, data, state, eval_fn, batch_size, steps, tracker, n
     results[f"{name}_loss"] = split_metrics["loss"]
   report = metrics_lib.classification_report(data.test.labels, logits["test"].argmax(-1), data.encoding.classes)
   results["test_macro_f1"] = report["macro_f1"]
-  calibration = calibrate.fit(logits["val"], data.val.labels)
-  integrity.check_finite_record(calibration, workdir / "calibration.json")
-  write_atomic(workdir / "calibration.json", json.dumps(calibration, indent=2))
-  results["calibration"] = dict(calibration, **calibrate.test_record(logits["test"], data.test.labels,
-                                                                      calibration["temperature"]))
+  results["calibration"] = write_calibration(workdir, logits["val"], data.val.labels, logits["test"],
+                                             data.test.labels)
   results["train_val_gap"] = results["train_accuracy"] - results["val_accuracy"]
   seconds["total"] = time.perf_counter() - started
   results["seconds"] = seconds

@@ -4,8 +4,10 @@ regression, cells of types the model never saw, and accuracy donor by donor.
 Two experiments, each a loop of training runs of the annotation model (configs/annotate.py):
 - `donors`: a leave-donors-out loop. The donors are dealt into `folds` folds (split.folds); run k holds fold k
   out as its test split and uses seed k, so every donor is a test donor exactly once. On each run's test cells:
-  accuracy and macro-F1 per donor, and calibration (ECE before and after temperature scaling), beside
-  CellTypist (its conf_score) and the per-cell logistic regression (its probabilities) fitted on the same cells.
+  accuracy and macro-F1 per donor, and calibration (ECE uncalibrated, with temperature scaling, with vector
+  scaling, and with the one the run's calibration.json chose, which annotate.py applies), beside CellTypist
+  (its conf_score) and the per-cell logistic regression (its probabilities) fitted on the same cells. The
+  model's per-donor labels are annotate.py's: the most probable class after the chosen calibration.
 - `unseen`: one run per cell type with that type left out of the whole run (data.exclude_types); the held-out
   donors' cells of every type, the left-out one included, are then annotated as a user would annotate a new
   time course, and each Unassigned score (calibrate.SCORES) is scored by how well it separates the unseen type
@@ -51,10 +53,16 @@ def cell_types(config):
 
 
 def trained(config, workdir):
-  """Trains a run into workdir unless it finished there already; returns workdir."""
+  """Trains a run into workdir unless it finished there already (a run whose calibration.json predates vector
+  scaling has it fitted again, report.refit_calibration, and its scores in trust.json dropped); returns
+  workdir."""
   workdir = pathlib.Path(workdir)
   if not (workdir / "results.json").exists():
     train.train_and_evaluate(config, workdir)
+  elif "vector" not in (calibrate.load(workdir) or {}):
+    logging.info("trust: %s: calibration.json predates vector scaling; fitting it again", workdir)
+    report.refit_calibration(workdir)
+    (workdir / "trust.json").unlink(missing_ok=True)
   return workdir
 
 
@@ -99,6 +107,10 @@ def _scored_once(path, score):
   return result
 
 
+# The model's row with the calibration its calibration.json chose (the probabilities annotate.py reports).
+AS_ANNOTATED = "model, as annotate.py reports"
+
+
 def score_fold(name, config, workdir, adata):
   """One run of the donor loop scored on its test cells (kept in the run's trust.json): calibration rows,
   per-donor rows and, per method, the confidences and whether the label was right (reliability diagram)."""
@@ -110,18 +122,20 @@ def _score_fold(name, config, workdir, adata):
   data = dataset.prepare(config)
   if not np.array_equal(data.test.labels, test.labels):
     raise ConfigError(f"{workdir}: the test cells saved with the run differ from those prepared again")
-  labels = test.labels
-  val_logits = inference.predict_logits(bundle, data.val)
-  scale, bias = calibrate.fit_vector(val_logits, data.val.labels)
+  labels, fitted = test.labels, bundle.calibration
+  vector = fitted["vector"]
   methods = {
       "model, uncalibrated": calibrate.softmax(logits),
-      "model, temperature scaling": calibrate.softmax(logits, bundle.temperature),
-      "model, vector scaling": calibrate.softmax(logits * scale + bias),
+      "model, temperature scaling": calibrate.softmax(logits / fitted["temperature"]),
+      "model, vector scaling": calibrate.softmax(logits * np.asarray(vector["scale"]) + vector["bias"]),
+      AS_ANNOTATED: inference.probabilities(bundle, logits),
       "per-cell logistic regression": baselines.cell_logreg_probabilities(data, config.seed),
   }
   confidences = {m: (p.max(1), p.argmax(1) == labels) for m, p in methods.items()}
   rows = [_calibration_row(m, *confidences[m], p, labels) for m, p in methods.items()]
-  predictions = {"model": logits.argmax(1), "per-cell logistic regression": methods["per-cell logistic regression"].argmax(1)}
+  rows[list(methods).index(AS_ANNOTATED)]["chosen"] = fitted["method"]
+  predictions = {"model": methods[AS_ANNOTATED].argmax(1),
+                 "per-cell logistic regression": methods["per-cell logistic regression"].argmax(1)}
   if celltypist_compare.available():
     fitted = celltypist_compare.fit_and_annotate(config, data, config.seed)
     confidences[celltypist_compare.BEST_MATCH] = (fitted["conf_score"], fitted["best_match"] == labels)
@@ -163,10 +177,11 @@ def _score_unseen(cell_type, config, workdir, adata):
   unseen = (query.obs[label_key].astype(str) == cell_type).to_numpy()
   known_labels = query.obs[label_key].astype(str).to_numpy()[~unseen]
   best = np.asarray(bundle.classes)[result.probabilities.argmax(1)]
+  calibrated = bundle.calibrated(result.logits)
   row = {"type": cell_type, "unseen_cells": int(unseen.sum()), "known_cells": int((~unseen).sum()),
          "known_accuracy": float((best[~unseen] == known_labels).mean()), "scores": {}}
   for name in calibrate.SCORES:
-    values = calibrate.score(name, result.logits, bundle.temperature)
+    values = calibrate.score(name, calibrated)
     below = values < calibrate.threshold(bundle.calibration, name)
     row["scores"][name] = {"auroc": float(roc_auc_score(~unseen, values)),
                            "unseen_unassigned": float(below[unseen].mean()),
@@ -204,6 +219,7 @@ def donor_loop(config, workdir, folds=FOLDS):
                         np.concatenate([previous[1], np.asarray(pair["correct"], bool)]))
   record = {"folds": folds, "wall_seconds": time.perf_counter() - started, "calibration": calibration,
             "calibration_summary": _summary(calibration, "method", ("accuracy", "ece", "classwise_ece")),
+            "chosen_calibration": {r["run"]: r["chosen"] for r in calibration if "chosen" in r},
             "per_donor": per_donor, "worst_donor": _worst(per_donor)}
   out = pathlib.Path(workdir).expanduser()
   train.write_atomic(out / "donors.json", json.dumps(record, indent=2))
@@ -261,6 +277,8 @@ def donors_markdown(record):
   for r in record["calibration_summary"]:
     lines.append(f"| {r['method']} | {_pm(r['accuracy'])} | {_pm(r['ece'])} | {_pm(r['classwise_ece'])} | "
                  f"{r['n']} |")
+  chosen = ", ".join(f"{run} {method}" for run, method in record["chosen_calibration"].items())
+  lines += ["", f"Calibration each run's calibration.json chose on its validation cells ({AS_ANNOTATED}): {chosen}."]
   methods = [m for m in record["per_donor"][0] if isinstance(record["per_donor"][0][m], dict)]
   lines += ["", "Per held-out donor: accuracy / macro-F1.", "",
             "| donor | run | cells | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]

@@ -1,7 +1,10 @@
 """Annotation: a trained workdir labels a new, unlabelled time course (AnnData in, AnnData out)."""
 
+import dataclasses
 import hashlib
+import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -10,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardiac_jax import calibrate, dataset, inference, readers, train
+from cardiac_jax import calibrate, dataset, inference, readers, report, train, trust
 from cardiac_jax.errors import ConfigError, DataError
 from configs import tiny
 
@@ -45,12 +48,15 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   root, _, data, _ = run
   bundle = inference.load(root / "run")
   test, names = train.load_test_sequences(root / "run")
-  expected = inference.probabilities(bundle, inference.predict_logits(bundle, test))
+  logits = inference.predict_logits(bundle, test)
   before = _sha(root / "query.h5ad")
   result, _ = inference.annotate_file(root / "run", root / "query.h5ad", root / "out.h5ad", progress=False)
   assert _sha(root / "query.h5ad") == before  # the input is never modified
   out = anndata.read_h5ad(root / "out.h5ad")
-  np.testing.assert_allclose(out.obsm[inference.PROBABILITIES_KEY], expected, atol=1e-5)
+  # the same logits; the probabilities are their calibration (a per-class scale can magnify float32 noise)
+  np.testing.assert_allclose(result.logits, logits, atol=1e-5)
+  expected = calibrate.softmax(calibrate.apply(bundle.calibration, result.logits))
+  np.testing.assert_allclose(out.obsm[inference.PROBABILITIES_KEY], expected, atol=1e-6)
   np.testing.assert_array_equal(out.obs_names, names[np.arange(len(names)), test.anchor])
   best = np.asarray(bundle.classes)[expected.argmax(1)]
   # the default rule: calibrated top probability below the threshold that keeps 95% of validation cells
@@ -100,15 +106,56 @@ def test_the_unassigned_rule(run):
   val_logits = inference.predict_logits(bundle, data.val)
   for score in calibrate.SCORES:
     rule = inference.unassigned_rule(bundle, score)
-    assert rule.unassigned(val_logits, bundle.temperature).mean() == pytest.approx(0.05, abs=0.01)
+    assert rule.unassigned(bundle.calibrated(val_logits)).mean() == pytest.approx(0.05, abs=0.01)
   _, given = inference.annotate(bundle, query, unassigned_score="energy", threshold=1.5, progress=False)
-  energy = calibrate.score("energy", given.logits, bundle.temperature)
+  energy = calibrate.score("energy", bundle.calibrated(given.logits))
   np.testing.assert_array_equal(given.labels == inference.UNASSIGNED, energy < 1.5)
   _, none = inference.annotate(bundle, query, unassigned_score="none", progress=False)
   assert inference.UNASSIGNED not in none.labels.tolist()
   np.testing.assert_array_equal(none.labels, np.asarray(bundle.classes)[given.probabilities.argmax(1)])
   with pytest.raises(ConfigError, match="unknown unassigned score 'entropy'"):
     inference.annotate(bundle, query, unassigned_score="entropy", progress=False)
+
+
+def test_labels_are_the_most_probable_class_after_vector_scaling(run):
+  root, _, _, query = run
+  bundle = inference.load(root / "run")
+  classes = len(bundle.classes)
+  scale, bias = np.linspace(0.5, 2.0, classes), np.linspace(-1.0, 1.0, classes)
+  vector = dataclasses.replace(bundle, calibration=dict(bundle.calibration, method="vector", scale=scale.tolist(),
+                                                        bias=bias.tolist()))
+  _, result = inference.annotate(vector, query, unassigned_score="none", progress=False)
+  expected = calibrate.softmax(result.logits * scale + bias)
+  np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
+  np.testing.assert_array_equal(result.labels, np.asarray(bundle.classes)[expected.argmax(1)])
+  assert (expected.argmax(1) != result.logits.argmax(1)).any()  # the calibration moved some labels
+  assert result.info["calibration"] == "vector scaling"
+
+
+def test_refitting_the_calibration_of_an_earlier_run(run, tmp_path):
+  """trust.py refits (report.refit_calibration) a run whose calibration.json has only a temperature."""
+  root, config, *_ = run
+  workdir = tmp_path / "run"
+  shutil.copytree(root / "run", workdir)
+  fitted = json.loads((workdir / "calibration.json").read_text())
+  old = {k: fitted[k] for k in ("temperature", "val_nll_before", "val_nll_after", "val_score_quantiles")}
+  (workdir / "calibration.json").write_text(json.dumps(old))
+  (workdir / "trust.json").write_text("{}")  # scores under the old calibration
+  assert inference.load(workdir).calibrated(np.ones((1, 2))) == pytest.approx(1.0 / old["temperature"])
+  trust.trained(config, workdir)
+  assert not (workdir / "trust.json").exists()
+  again = json.loads((workdir / "calibration.json").read_text())
+  assert again["method"] == fitted["method"] and again["choice"]["rule"] == fitted["choice"]["rule"]
+  np.testing.assert_allclose(again["scale"], fitted["scale"], rtol=1e-4)
+  refitted = json.loads((workdir / "results.json").read_text())["calibration"]
+  assert {k: refitted[k] for k in again} == again
+  assert refitted["test_ece_after"] == pytest.approx(
+      json.loads((root / "run" / "results.json").read_text())["calibration"]["test_ece_after"], abs=1e-4)
+  results = json.loads((workdir / "results.json").read_text())
+  (workdir / "results.json").write_text(json.dumps(dict(results, val_accuracy=results["val_accuracy"] - 0.01)))
+  with pytest.raises(ConfigError, match="results.json: validation accuracy"):
+    report.refit_calibration(workdir)
+  assert json.loads((workdir / "calibration.json").read_text()) == again
 
 
 def test_labels_from_a_mask():

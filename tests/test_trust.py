@@ -29,3 +29,15 @@ def test_summaries_name_the_worst_donor_and_average_over_runs():
   summary = trust._summary(rows, "method", ("ece",))
   assert summary[0]["method"] == "m" and summary[0]["n"] == 2 and summary[0]["ece"][0] == pytest.approx(0.2)
   assert summary[0]["ece"][1] == pytest.approx(0.1414, abs=1e-4) and summary[1]["ece"] == [0.2, 0.0]
+
+
+def test_the_donor_table_says_which_calibration_each_run_chose():
+  rows = [{"method": trust.AS_ANNOTATED, "run": f"fold{k}", "accuracy": 0.8, "ece": 0.04, "classwise_ece": 0.02,
+           "chosen": method} for k, method in enumerate(("vector", "temperature"))]
+  per_donor = [{"donor": "d1", "run": "fold0", "cells": 10, "model": {"accuracy": 0.8, "macro_f1": 0.7}}]
+  record = {"folds": 2, "wall_seconds": 60.0, "calibration": rows, "per_donor": per_donor,
+            "calibration_summary": trust._summary(rows, "method", ("accuracy", "ece", "classwise_ece")),
+            "chosen_calibration": {r["run"]: r["chosen"] for r in rows}, "worst_donor": trust._worst(per_donor)}
+  text = trust.donors_markdown(record)
+  assert f"| {trust.AS_ANNOTATED} | 0.8000 ± 0.0000 |" in text
+  assert f"({trust.AS_ANNOTATED}): fold0 vector, fold1 temperature." in text

@@ -1,0 +1,99 @@
+"""Calibration: temperature and vector scaling fitted on validation logits, the choice between them, and the
+measures (ECE, Unassigned thresholds)."""
+
+import numpy as np
+import pytest
+
+from cardiac_jax import calibrate
+
+
+def _logits(seed, n=2000, classes=4):
+  """(true logits [n, classes], labels [n]): Gaussian classes of equal spread, so that softmax(true) is right."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, classes, n)
+  return 1.5 * (rng.normal(size=(n, classes)) + 1.5 * np.eye(classes)[labels]), labels
+
+
+def _follows_the_rule(record):
+  choice = record["choice"]
+  gain = choice["cross_fit_nll"]["temperature"] - choice["cross_fit_nll"]["vector"]
+  return (record["method"] == "vector") == (gain > calibrate.VECTOR_MARGIN * choice["standard_error"])
+
+
+def test_temperature_scaling_lowers_the_validation_nll_and_keeps_the_labels():
+  true, labels = _logits(0)
+  overconfident = 4.0 * true
+  record = calibrate.fit(overconfident, labels)
+  assert record["temperature"] == pytest.approx(4.0 * calibrate.fit_temperature(true, labels), rel=1e-3)
+  assert record["val_nll_after"] < record["val_nll_before"] - 0.1
+  assert record["val_ece_after"] < record["val_ece_before"]
+  calibrated = overconfident / record["temperature"]
+  np.testing.assert_array_equal(calibrated.argmax(1), overconfident.argmax(1))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_one_temperature_for_every_class_keeps_temperature_scaling(seed):
+  true, labels = _logits(seed)
+  record = calibrate.fit(true / 0.25, labels)
+  assert _follows_the_rule(record) and record["method"] == "temperature"
+  np.testing.assert_allclose(record["scale"], 1.0 / record["temperature"])
+  np.testing.assert_array_equal(record["bias"], 0.0)
+  calibrated = calibrate.apply(record, true / 0.25)
+  np.testing.assert_array_equal(calibrated.argmax(1), true.argmax(1))
+  assert record["val_nll_after"] == pytest.approx(calibrate.nll(calibrated, labels))
+
+
+def test_vector_scaling_is_chosen_where_classes_differ_in_overconfidence():
+  true, labels = _logits(1, n=3000)
+  skewed = true * np.array([3.0, 1.0, 0.5, 1.0]) + np.array([0.0, 1.0, 0.0, -1.0])  # per-class scale and bias
+  record = calibrate.fit(skewed, labels)
+  assert _follows_the_rule(record) and record["method"] == "vector"
+  assert record["choice"]["cross_fit_nll"]["vector"] < record["choice"]["cross_fit_nll"]["temperature"] - 0.05
+  scale, bias = calibrate.fit_vector(skewed, labels)
+  np.testing.assert_allclose(record["scale"], scale)
+  np.testing.assert_allclose(calibrate.apply(record, skewed), skewed * scale + bias)
+  assert record["val_nll_after"] < calibrate.nll(skewed, labels, record["temperature"]) - 0.01
+  assert record["val_nll_after"] <= calibrate.nll(true, labels)  # at least as good as undoing the skew
+  assert (calibrate.apply(record, skewed).argmax(1) != skewed.argmax(1)).any()  # vector scaling moves labels
+  first = calibrate.halves(labels)
+  assert all(abs(2 * first[labels == c].sum() - (labels == c).sum()) <= 1 for c in range(4))
+
+
+def test_a_record_from_before_vector_scaling_is_a_temperature():
+  true, labels = _logits(3)
+  logits = 3.0 * true
+  t = calibrate.fit_temperature(logits, labels)
+  old_energy = t * calibrate.logsumexp(logits / t)  # how the energy score was defined then
+  old = {"method": "temperature", "temperature": t, "val_score_quantiles": {
+      "probability": np.quantile(calibrate.softmax(logits / t).max(1), calibrate.QUANTILES).tolist(),
+      "energy": np.quantile(old_energy, calibrate.QUANTILES).tolist()}}
+  np.testing.assert_allclose(calibrate.apply(old, logits), logits / t)
+  np.testing.assert_array_equal(calibrate.apply(None, logits), logits)
+  read = calibrate.upgraded(old)
+  for name in calibrate.SCORES:
+    values = calibrate.score(name, calibrate.apply(read, logits))
+    assert (values >= calibrate.threshold(read, name, 0.9)).mean() == pytest.approx(0.9, abs=0.002)
+
+
+def test_expected_calibration_error_by_hand():
+  probabilities = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.3, 0.7]])
+  labels = np.array([0, 1, 0, 1])
+  # Bins of the top probability: 0.9 (twice, half right), 0.6 (right), 0.7 (right).
+  expected = (2 * abs(0.5 - 0.9) + abs(1 - 0.6) + abs(1 - 0.7)) / 4
+  assert calibrate.expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+  perfect = np.eye(2)[labels]
+  assert calibrate.expected_calibration_error(perfect, labels) == 0
+  assert calibrate.classwise_ece(perfect, labels) == 0
+
+
+def test_unassigned_thresholds_keep_the_stated_share_of_validation_cells():
+  rng = np.random.default_rng(2)
+  labels = rng.integers(0, 3, 1000)
+  logits = 2 * rng.normal(size=(1000, 3)) + 2 * np.eye(3)[labels]
+  record = calibrate.fit(logits, labels)
+  for name in calibrate.SCORES:
+    values = calibrate.score(name, calibrate.apply(record, logits))
+    for keep in (0.8, 0.95):
+      assert (values >= calibrate.threshold(record, name, keep)).mean() == pytest.approx(keep, abs=0.006)
+  energy = calibrate.score("energy", logits / 2.0)
+  np.testing.assert_allclose(energy, np.log(np.exp(logits / 2.0).sum(1)))
