@@ -18,7 +18,9 @@ ways), its likelihood beat the temperature's by more than 2 standard errors. The
 class after calibration: temperature scaling never changes it, vector scaling can (it moves a class's
 probabilities up or down for every cell).
 
-When a cell is 'Unassigned': when its --unassigned_score (of the calibrated logits) is below a threshold. By
+When a cell is 'Unassigned': when its --unassigned_score (of the calibrated logits; default the energy,
+their logsumexp, which told cells of types left out of training from known ones better than the top
+probability in the README's measurements) is below a threshold. By
 default the threshold is chosen on the training run's validation cells (held-out donors, all of types the
 model knows; their scores under the same calibration) so that a share --keep_known (0.95) of them stay
 assigned: about 5% of cells of known types are expected to be Unassigned,
@@ -45,8 +47,9 @@ flags.DEFINE_enum("normalization", "auto", preprocess.NORMALIZATIONS,
                   "What X holds: auto (detected as training does), counts, linear (FPKM/TPM) or log.")
 flags.DEFINE_enum("unassigned_score", calibrate.DEFAULT_SCORE, inference.UNASSIGNED_SCORES,
                   "The score that decides 'Unassigned', of the calibrated logits (temperature or vector scaling, "
-                  "as calibration.json chose; vector scaling can change the label): probability (top "
-                  "probability), energy (logsumexp) or none (every cell labelled).")
+                  "as calibration.json chose; vector scaling can change the label): energy (logsumexp; the "
+                  "default, it separated cells of unseen types better in the README's measurements), probability "
+                  "(top probability) or none (every cell labelled).")
 flags.DEFINE_float("keep_known", calibrate.KEEP_KNOWN, "Without --threshold: the threshold keeps this share of "
                    "the run's validation cells (known types, held-out donors) assigned.")
 flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unassigned' (overrides --keep_known).")

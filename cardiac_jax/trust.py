@@ -46,9 +46,10 @@ def unseen_config(config, cell_type):
   return train.override(config.copy_and_resolve_references(), {"data.exclude_types": (cell_type,)})
 
 
-def cell_types(config):
-  """The cell types of the config's data, sorted."""
-  adata, _ = dataset.load(config)
+def cell_types(config, adata=None):
+  """The cell types of the config's data (or of `adata`, that data already loaded), sorted."""
+  if adata is None:
+    adata, _ = dataset.load(config)
   return sorted(adata.obs[config.data.label_key].astype(str).unique())
 
 
@@ -66,13 +67,13 @@ def trained(config, workdir):
   return workdir
 
 
-def runs(config, workdir, experiment, folds=FOLDS, types=None):
-  """[(name, config, run workdir)] of an experiment's training runs."""
+def runs(config, workdir, experiment, folds=FOLDS, types=None, adata=None):
+  """[(name, config, run workdir)] of an experiment's training runs (`adata`: the config's data, if loaded)."""
   workdir = pathlib.Path(workdir).expanduser() / experiment
   if experiment == "donors":
     return [(f"fold{k}", fold_config(config, folds, k), workdir / f"fold{k}") for k in range(folds)]
   if experiment == "unseen":
-    known = cell_types(config)
+    known = cell_types(config, adata)
     types = list(types or known)
     unknown = sorted(set(types) - set(known))
     if unknown:
@@ -233,11 +234,10 @@ def unseen_types(config, workdir, types=None):
   """Trains (or reads back) one run per left-out type and scores it. Returns the record written to
   <workdir>/unseen.json."""
   started = time.perf_counter()
-  adata, rows = None, []
-  for name, run_config, run_dir in runs(config, workdir, "unseen", types=types):
+  adata, rows = _cells_obs(config), []  # every cell: exclude_types acts when a run prepares its data
+  for name, run_config, run_dir in runs(config, workdir, "unseen", types=types, adata=adata):
     logging.info("trust: unseen type %s", name)
     trained(run_config, run_dir)
-    adata = adata if adata is not None else _cells_obs(run_config)
     rows.append(score_unseen(name, run_config, run_dir, adata))
   record = {"keep_known": calibrate.KEEP_KNOWN, "wall_seconds": time.perf_counter() - started, "types": rows}
   out = pathlib.Path(workdir).expanduser()

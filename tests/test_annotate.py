@@ -59,9 +59,12 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   np.testing.assert_allclose(out.obsm[inference.PROBABILITIES_KEY], expected, atol=1e-6)
   np.testing.assert_array_equal(out.obs_names, names[np.arange(len(names)), test.anchor])
   best = np.asarray(bundle.classes)[expected.argmax(1)]
-  # the default rule: calibrated top probability below the threshold that keeps 95% of validation cells
-  confident = expected.max(1) >= calibrate.threshold(bundle.calibration, "probability", 0.95)
-  assert result.info["unassigned"]["score"] == calibrate.DEFAULT_SCORE == "probability"
+  # the default rule: the energy (logsumexp) of the calibrated logits below the threshold that keeps 95% of
+  # validation cells assigned
+  energy = calibrate.logsumexp(calibrate.apply(bundle.calibration, result.logits))
+  confident = energy >= calibrate.threshold(bundle.calibration, "energy", 0.95)
+  assert result.info["unassigned"]["score"] == calibrate.DEFAULT_SCORE == "energy"
+  assert 0 < (~confident).sum() < len(confident)
   labels = out.obs[inference.LABEL_KEY].astype(str).to_numpy()
   np.testing.assert_array_equal(labels[confident], best[confident])
   assert (labels[~confident] == inference.UNASSIGNED).all()
