@@ -15,6 +15,8 @@ and writes `<workdir>/interpret/`:
     minus the logit at the baseline) is checked per sequence and reported (summary.json).
   - `gradient_x_input`: the gradient at the input times the input (the same baseline), the cheap first-order
     version.
+  - `integrated_gradients_own_step` (anchored runs only): the integrated gradients of the anchor's own step alone,
+    i.e. the genes of the labelled cell itself, leaving out what its context steps contribute.
   Padded steps get exactly zero attribution under both.
 * top_genes.png: heatmap of each class's top genes by integrated gradients.
 * by_day.csv and by_day.png: per class, the model's attention by time point (the weight the pooled queries put
@@ -262,6 +264,11 @@ def day_table(result, labels, times, classes, time_points):
   return pd.DataFrame(rows)
 
 
+def own_step(attributions, anchor):
+  """[n, 1, features] the attributions [n, steps, features] at each sequence's anchor step (anchor: [n])."""
+  return attributions[np.arange(len(attributions)), anchor][:, None]
+
+
 def own_step_share(result, sequences):
   """Anchored sequences: per sequence, the share of |integrated gradients| at the anchor's own step, and the signed
   attribution at the own step and at the context steps."""
@@ -371,9 +378,12 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
   result = attribute(bundle, correct, steps=steps, batch_size=batch_size, progress=progress)
   result["steps"] = steps
   classes, genes = list(bundle.classes), list(bundle.record["genes"])
+  attributions = {method: result[method] for method in ("integrated_gradients", "gradient_x_input")}
+  if bundle.sequence_mode == "anchored":
+    attributions["integrated_gradients_own_step"] = own_step(result["integrated_gradients"], correct.anchor)
   table = pd.concat([
-      ranking_table(method, gene_scores(result[method], correct.labels, len(classes), len(genes)), classes, genes)
-      for method in ("integrated_gradients", "gradient_x_input")], ignore_index=True)
+      ranking_table(method, gene_scores(values, correct.labels, len(classes), len(genes)), classes, genes)
+      for method, values in attributions.items()], ignore_index=True)
   days = day_table(result, correct.labels, step_times(bundle, names[right]), classes, bundle.time_points)
   summary = {
       "workdir": str(bundle.workdir),
@@ -504,6 +514,7 @@ def score_run(workdir, steps=IG_STEPS, progress=True):
 
 METHOD_NAMES = {
     "integrated_gradients": "model, integrated gradients",
+    "integrated_gradients_own_step": "model, integrated gradients, own step only",
     "gradient_x_input": "model, gradient x input",
     "wilcoxon": "Wilcoxon rank_genes_groups",
     "logistic_regression": "per-cell logistic regression coefficients",
