@@ -69,7 +69,7 @@ def test_integrated_gradients_complete(anchored):
 def test_padded_steps_and_anchor_channel_get_exactly_zero(anchored):
   _, lengths, result = anchored
   padded = np.arange(5)[None, :] >= lengths[:, None]
-  for method in ("integrated_gradients", "gradient_x_input"):
+  for method in ("integrated_gradients", "gradient_x_input", "gradient"):
     a = result[method]
     assert (a[padded] == 0.0).all()
     assert (a[..., GENES] == 0.0).all()  # the anchor channel is kept at its value in the baseline
@@ -148,7 +148,7 @@ def test_own_step_reads_the_anchored_cell():
   """Anchored sequences of 3 steps, the anchor at step 0 or 2: the anchor's gene 2 decides the class; the context
   steps carry it louder but in only 70% of the sequences, in gene 4 (the anchor's gene 4 is noise). The own-step
   attributions are those at each sequence's anchor step, and a briefly trained anchor-pooled model's put gene 2
-  first for both classes."""
+  first for both classes; its own-step gradient ranks gene 2 first for the class it raises, last for the other."""
   rng = np.random.default_rng(1)
   n, steps = 384, 3
   labels = rng.integers(0, 2, n).astype(np.int32)
@@ -172,6 +172,9 @@ def test_own_step_reads_the_anchored_cell():
   np.testing.assert_array_equal(own[:, 0], ig[np.arange(len(keep)), anchor[keep]])
   scores = interpret.gene_scores(own, labels[keep], 2, GENES)
   assert (scores.argmax(1) == 2).all()
+  gradient = interpret.gene_scores(interpret.own_step(np.asarray(result["gradient"]), anchor[keep]), labels[keep], 2,
+                                   GENES)
+  assert gradient[1].argmax() == 2 and gradient[0].argmin() == 2
 
 
 def test_by_day_sums_steps_by_their_time_point():
