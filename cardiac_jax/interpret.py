@@ -15,6 +15,11 @@ and writes `<workdir>/interpret/`:
     minus the logit at the baseline) is checked per sequence and reported (summary.json).
   - `gradient_x_input`: the gradient at the input times the input (the same baseline), the cheap first-order
     version.
+  - `integrated_gradients_own_step` (anchored runs only): the integrated gradients of the anchor's own step alone,
+    i.e. the genes of the labelled cell itself, leaving out what its context steps contribute.
+  - `gradient_own_step` (anchored runs only): the gradient alone at the anchor's own step, the model's local
+    coefficients (how much raising a gene in the labelled cell raises the class's centred logit), the analogue
+    of a logistic regression's coefficients; not an attribution (no completeness).
   Padded steps get exactly zero attribution under both.
 * top_genes.png: heatmap of each class's top genes by integrated gradients.
 * by_day.csv and by_day.png: per class, the model's attention by time point (the weight the pooled queries put
@@ -102,8 +107,8 @@ def path_points(steps, power=PATH_POWER):
 def make_attribution_fn(apply_fn, params, n_genes, steps=IG_STEPS, power=None):
   """A jitted (x, lengths, targets) -> dict of attributions of a batch, for a model's parameters.
 
-  Returns dict: integrated_gradients and gradient_x_input [b, steps, features] (zero at padded steps and on
-  the anchor channel), logit and baseline_logit [b] (of the target class).
+  Returns dict: integrated_gradients, gradient_x_input and gradient (at the input) [b, steps, features] (zero at
+  padded steps and on the anchor channel), logit and baseline_logit [b] (of the target class).
   """
   power = PATH_POWER if power is None else power
   logit = make_logit_fn(apply_fn, params)
@@ -112,12 +117,15 @@ def make_attribution_fn(apply_fn, params, n_genes, steps=IG_STEPS, power=None):
 
   def attribute(x, lengths, targets):
     valid = batching_mask(lengths, x.shape[1])[..., None]
-    baseline = x * (1.0 - gene_channels(x, n_genes))
+    genes = gene_channels(x, n_genes)
+    baseline = x * (1.0 - genes)
     delta = x - baseline
     path_grads = jax.vmap(lambda a: grad(baseline + a * delta, lengths, targets))(alphas)  # [steps, b, T, F]
+    at_input = grad(x, lengths, targets)
     return {
         "integrated_gradients": jnp.where(valid, delta * jnp.tensordot(weights, path_grads, 1), 0.0),
-        "gradient_x_input": jnp.where(valid, delta * grad(x, lengths, targets), 0.0),
+        "gradient_x_input": jnp.where(valid, delta * at_input, 0.0),
+        "gradient": jnp.where(valid, genes * at_input, 0.0),
         "logit": logit(x, lengths, targets),
         "baseline_logit": logit(baseline, lengths, targets),
     }
@@ -161,8 +169,8 @@ def attribute(bundle, sequences, *, steps=IG_STEPS, batch_size=BATCH, progress=T
     bundle: inference.Bundle of the run; sequences: Sequences with labels (the class explained).
 
   Returns:
-    dict of numpy arrays: integrated_gradients and gradient_x_input [n, steps_used, features] (zero at padded
-    steps and on the anchor channel), logit and baseline_logit [n], and attention [n, heads, steps_used] (the
+    dict of numpy arrays: integrated_gradients, gradient_x_input and gradient [n, steps_used, features] (zero at
+    padded steps and on the anchor channel), logit and baseline_logit [n], and attention [n, heads, steps_used] (the
     weights of `pooled_attention`; absent for a model without attention).
   """
   n_genes = len(bundle.record["genes"])
@@ -260,6 +268,11 @@ def day_table(result, labels, times, classes, time_points):
     for c, t in itertools.product(range(len(classes)), range(len(time_points))):
       rows.append({"class": classes[c], "time_point": time_points[t], "quantity": quantity, "value": table[c, t]})
   return pd.DataFrame(rows)
+
+
+def own_step(attributions, anchor):
+  """[n, 1, features] the attributions [n, steps, features] at each sequence's anchor step (anchor: [n])."""
+  return attributions[np.arange(len(attributions)), anchor][:, None]
 
 
 def own_step_share(result, sequences):
@@ -371,9 +384,13 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
   result = attribute(bundle, correct, steps=steps, batch_size=batch_size, progress=progress)
   result["steps"] = steps
   classes, genes = list(bundle.classes), list(bundle.record["genes"])
+  attributions = {method: result[method] for method in ("integrated_gradients", "gradient_x_input")}
+  if bundle.sequence_mode == "anchored":
+    attributions["integrated_gradients_own_step"] = own_step(result["integrated_gradients"], correct.anchor)
+    attributions["gradient_own_step"] = own_step(result["gradient"], correct.anchor)
   table = pd.concat([
-      ranking_table(method, gene_scores(result[method], correct.labels, len(classes), len(genes)), classes, genes)
-      for method in ("integrated_gradients", "gradient_x_input")], ignore_index=True)
+      ranking_table(method, gene_scores(values, correct.labels, len(classes), len(genes)), classes, genes)
+      for method, values in attributions.items()], ignore_index=True)
   days = day_table(result, correct.labels, step_times(bundle, names[right]), classes, bundle.time_points)
   summary = {
       "workdir": str(bundle.workdir),
@@ -504,7 +521,9 @@ def score_run(workdir, steps=IG_STEPS, progress=True):
 
 METHOD_NAMES = {
     "integrated_gradients": "model, integrated gradients",
+    "integrated_gradients_own_step": "model, integrated gradients, own step only",
     "gradient_x_input": "model, gradient x input",
+    "gradient_own_step": "model, gradient, own step only",
     "wilcoxon": "Wilcoxon rank_genes_groups",
     "logistic_regression": "per-cell logistic regression coefficients",
 }

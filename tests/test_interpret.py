@@ -69,7 +69,7 @@ def test_integrated_gradients_complete(anchored):
 def test_padded_steps_and_anchor_channel_get_exactly_zero(anchored):
   _, lengths, result = anchored
   padded = np.arange(5)[None, :] >= lengths[:, None]
-  for method in ("integrated_gradients", "gradient_x_input"):
+  for method in ("integrated_gradients", "gradient_x_input", "gradient"):
     a = result[method]
     assert (a[padded] == 0.0).all()
     assert (a[..., GENES] == 0.0).all()  # the anchor channel is kept at its value in the baseline
@@ -100,6 +100,28 @@ def test_attention_is_sown_without_changing_the_logits():
   np.testing.assert_allclose(pooled[2, :, 0], 1.0, rtol=1e-6)  # a one-step sequence looks at its only step
 
 
+def _trained_small(x, lengths, labels, epochs=5, **overrides):
+  """(model, params) of a small 2-class model trained briefly (Adam, batches of 64) on x [n, steps, features]."""
+  model = model_lib.EnhancedCardiacRNN(**dict(SMALL, num_classes=2, **overrides))
+  params = model.init(jax.random.key(0), x[:2], lengths[:2], train=False)["params"]
+  optimizer = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, opt_state, xb, lb, yb):
+    def loss(p):
+      logits = model.apply({"params": p}, xb, lb, train=False)
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    grads = jax.grad(loss)(params)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return optax.apply_updates(params, updates), opt_state
+
+  opt_state = optimizer.init(params)
+  for _ in range(epochs):
+    for lo in range(0, len(x), 64):
+      params, opt_state = step(params, opt_state, x[lo:lo + 64], lengths[lo:lo + 64], labels[lo:lo + 64])
+  return model, params
+
+
 def test_planted_gene_ranks_first():
   """Gene 2 alone decides the class (its sign, the same at every step); a briefly trained model's attributions
   put it first for both classes."""
@@ -109,23 +131,7 @@ def test_planted_gene_ranks_first():
   labels = rng.integers(0, 2, n).astype(np.int32)
   x[:, :, 2] = (2 * labels[:, None] - 1) * (0.5 + np.abs(x[:, :, 2]))  # gene 2's sign is the class
   lengths = np.full(n, steps, np.int32)
-  model = model_lib.EnhancedCardiacRNN(**dict(SMALL, num_classes=2))
-  params = model.init(jax.random.key(0), x[:2], lengths[:2], train=False)["params"]
-  optimizer = optax.adam(1e-2)
-
-  @jax.jit
-  def step(params, opt_state, xb, yb):
-    def loss(p):
-      logits = model.apply({"params": p}, xb, lengths[:len(xb)], train=False)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
-    grads = jax.grad(loss)(params)
-    updates, opt_state = optimizer.update(grads, opt_state)
-    return optax.apply_updates(params, updates), opt_state
-
-  opt_state = optimizer.init(params)
-  for epoch in range(5):
-    for lo in range(0, n, 64):
-      params, opt_state = step(params, opt_state, x[lo:lo + 64], labels[lo:lo + 64])
+  model, params = _trained_small(x, lengths, labels)
   logits = model.apply({"params": params}, x, lengths, train=False)
   right = np.asarray(logits.argmax(1)) == labels
   assert right.mean() > 0.9
@@ -136,6 +142,39 @@ def test_planted_gene_ranks_first():
     table = interpret.ranking_table(method, scores, ("low", "high"), [f"g{i}" for i in range(GENES)])
     first = table[table["rank"] == 1].set_index("class").gene
     assert first.to_dict() == {"low": "g2", "high": "g2"}
+
+
+def test_own_step_reads_the_anchored_cell():
+  """Anchored sequences of 3 steps, the anchor at step 0 or 2: the anchor's gene 2 decides the class; the context
+  steps carry it louder but in only 70% of the sequences, in gene 4 (the anchor's gene 4 is noise). The own-step
+  attributions are those at each sequence's anchor step, and a briefly trained anchor-pooled model's put gene 2
+  first for both classes; its own-step gradient ranks gene 2 first for the class it raises, last for the other."""
+  rng = np.random.default_rng(1)
+  n, steps = 384, 3
+  labels = rng.integers(0, 2, n).astype(np.int32)
+  sign = (2 * labels - 1) * np.where(rng.random(n) < 0.7, 1, -1)
+  anchor = 2 * rng.integers(0, 2, n)
+  rows = np.arange(n)
+  x = np.zeros((n, steps, GENES + 1), np.float32)
+  x[..., :GENES] = rng.normal(size=(n, steps, GENES))
+  x[..., 4] = sign[:, None] * (1.0 + np.abs(x[..., 4]))
+  x[rows, anchor, 2] = (2 * labels - 1) * (0.5 + np.abs(x[rows, anchor, 2]))
+  x[rows, anchor, 4] = rng.normal(size=n)
+  x[rows, anchor, GENES] = 1.0
+  lengths = np.full(n, steps, np.int32)
+  model, params = _trained_small(x, lengths, labels, pooling="anchor")
+  right = np.asarray(model.apply({"params": params}, x, lengths, train=False).argmax(1)) == labels
+  assert right.mean() > 0.85
+  keep = np.flatnonzero(right)[:128]
+  result = interpret.make_attribution_fn(model.apply, params, GENES, steps=16)(x[keep], lengths[keep], labels[keep])
+  ig = np.asarray(result["integrated_gradients"])
+  own = interpret.own_step(ig, anchor[keep])
+  np.testing.assert_array_equal(own[:, 0], ig[np.arange(len(keep)), anchor[keep]])
+  scores = interpret.gene_scores(own, labels[keep], 2, GENES)
+  assert (scores.argmax(1) == 2).all()
+  gradient = interpret.gene_scores(interpret.own_step(np.asarray(result["gradient"]), anchor[keep]), labels[keep], 2,
+                                   GENES)
+  assert gradient[1].argmax() == 2 and gradient[0].argmin() == 2
 
 
 def test_by_day_sums_steps_by_their_time_point():
