@@ -261,10 +261,12 @@ def fit(val_logits, val_labels):
 
 
 def test_record(logits, labels, record):
-  """Test NLL and top-label and class-wise ECE without and with the calibration `record` (None: without)."""
+  """Test accuracy, NLL and top-label and class-wise ECE without and with the calibration `record` (None:
+  without). The accuracy after it is that of the labels annotate.py gives (vector scaling can move labels)."""
   out = {}
   for name, calibrated in (("before", np.asarray(logits, np.float64)), ("after", apply(record, logits))):
     probabilities = softmax(calibrated)
+    out[f"test_accuracy_{name}"] = float((probabilities.argmax(1) == np.asarray(labels)).mean())
     out[f"test_nll_{name}"] = nll(calibrated, labels)
     out[f"test_ece_{name}"] = expected_calibration_error(probabilities, labels)
     out[f"test_classwise_ece_{name}"] = classwise_ece(probabilities, labels)

@@ -55,6 +55,10 @@ def test_vector_scaling_is_chosen_where_classes_differ_in_overconfidence():
   assert record["val_nll_after"] < calibrate.nll(skewed, labels, record["temperature"]) - 0.01
   assert record["val_nll_after"] <= calibrate.nll(true, labels)  # at least as good as undoing the skew
   assert (calibrate.apply(record, skewed).argmax(1) != skewed.argmax(1)).any()  # vector scaling moves labels
+  tested = calibrate.test_record(skewed, labels, record)
+  assert tested["test_accuracy_before"] == pytest.approx((skewed.argmax(1) == labels).mean())
+  assert tested["test_accuracy_after"] == pytest.approx((calibrate.apply(record, skewed).argmax(1) == labels).mean())
+  assert tested["test_accuracy_after"] > tested["test_accuracy_before"]  # undoing the skew's biases helps
   first = calibrate.halves(labels)
   assert all(abs(2 * first[labels == c].sum() - (labels == c).sum()) <= 1 for c in range(4))
 
