@@ -357,6 +357,12 @@ def test_interrupted_simulations_leave_no_partial_folders(tmp_path, monkeypatch)
   assert list(tmp_path.iterdir()) == []
 
 
+def _ctrl_c_as_in_a_terminal():
+  """SIGINT's default action for the child, as in a terminal: a shell starting the tests in the background
+  (no job control) passes SIGINT on ignored, and Python then never raises KeyboardInterrupt."""
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cache_dir, tmp_path):
   """SIGINT once the first checkpoint is saved: one line naming the workdir and the last saved epoch, and a
   metrics.jsonl with a line for every saved epoch (at most one more: the epoch whose checkpoint was being
@@ -368,7 +374,7 @@ def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cach
   process = subprocess.Popen(
       [sys.executable, "train.py", "--config=configs/tiny.py", f"--config.data.cache_dir={cache_dir}",
        "--config.train.num_epochs=30", f"--workdir={workdir}"],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
   deadline = time.monotonic() + 300
   while not checksums.exists() and process.poll() is None and time.monotonic() < deadline:
     time.sleep(0.05)
