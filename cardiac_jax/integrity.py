@@ -12,7 +12,9 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import signal
+import tempfile
 import threading
 
 import numpy as np
@@ -68,6 +70,27 @@ def errors_name(path, temporary):
     except ValueError:
       raise e from None
     raise OSError(e.errno, e.strerror, str(pathlib.Path(path) / inside)) from e
+
+
+@contextlib.contextmanager
+def staged_folder(out):
+  """Yields a new temporary folder beside `out` to write an output folder into; when the block ends normally it
+  replaces `out` (an older `out` is moved aside first and deleted last), so `out` is the old folder or the
+  complete new one, never half of either. On any error or Ctrl-C the temporary folder is deleted and the error,
+  naming the file under `out` the user asked for (errors_name), goes on."""
+  out = pathlib.Path(out)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+  try:
+    with errors_name(out, staging):
+      yield staging
+      old = staging.with_name(staging.name + ".old")
+      if out.exists():
+        out.rename(old)
+      staging.rename(out)
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)
+    raise
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def read_json(path):

@@ -38,8 +38,6 @@ the overlap of the top 20 between runs (seeds).
 import itertools
 import json
 import pathlib
-import shutil
-import tempfile
 import time
 
 import anndata
@@ -55,7 +53,7 @@ from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import dataset, inference, simulate
+from cardiac_jax import dataset, inference, integrity, simulate
 from cardiac_jax import train as train_lib
 from cardiac_jax.errors import ConfigError, DataError
 
@@ -346,17 +344,6 @@ def step_times(bundle, names):
   return np.where(names.ravel() != "", np.nan_to_num(flat, nan=-1), -1).astype(np.int64).reshape(names.shape)
 
 
-def _staged(workdir, name):
-  """A temporary folder in workdir that `_publish` renames to workdir/name (the folder appears complete or not)."""
-  return pathlib.Path(tempfile.mkdtemp(prefix=f".{name}-", dir=workdir))
-
-
-def _publish(staging, out):
-  if out.exists():
-    shutil.rmtree(out)
-  staging.rename(out)
-
-
 def first_per_class(keep, labels, limit):
   """[n] bool: `keep`, restricted to the first `limit` kept sequences of each class (all with limit None)."""
   if limit is None:
@@ -413,17 +400,12 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
                                      for i, c in enumerate(classes) if (correct.labels == i).any()},
     }
   summary["seconds"] = time.perf_counter() - started
-  staging = _staged(bundle.workdir, OUT_DIR)
-  try:
+  with integrity.staged_folder(bundle.workdir / OUT_DIR) as staging:
     table.to_csv(staging / "attributions.csv", index=False, float_format="%.6g")
     days.to_csv(staging / "by_day.csv", index=False, float_format="%.6g")
     plot_top_genes(table, classes, staging / "top_genes.png")
     plot_by_day(days, classes, bundle.time_points, staging / "by_day.png")
     (staging / "summary.json").write_text(json.dumps(summary, indent=2))
-    _publish(staging, bundle.workdir / OUT_DIR)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
   logging.info("interpret: completeness within tolerance for %.1f%% of sequences; %.0f s; written to %s",
                100 * summary["completeness"]["fraction_within_tolerance"], summary["seconds"],
                bundle.workdir / OUT_DIR)

@@ -12,9 +12,6 @@ workdir from before vector scaling).
 """
 
 import json
-import pathlib
-import shutil
-import tempfile
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -120,24 +117,16 @@ def evaluate(workdir):
   integrity.check_finite_record(report, workdir / "report" / "report.json")
   history = train_lib.read_metrics(workdir)
   out = workdir / "report"
-  staging = pathlib.Path(tempfile.mkdtemp(prefix=".report-", dir=workdir))
-  try:
-    with integrity.errors_name(out, staging):
-      (staging / "report.json").write_text(json.dumps(report, indent=2))
-      np.savez(staging / "test_predictions.npz", logits=logits, labels=test.labels, classes=np.asarray(classes))
-      plot_confusion(
-          report["confusion_matrix"], classes, staging / "confusion.png",
-          f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
-      )
-      plot_learning_curves(history, staging / "learning_curves.png")
-      plot_reliability(logits, test.labels, bundle.calibration, staging / "reliability.png",
-                       f"test {train_lib.test_unit(config)}s, split by {config.split.unit}")
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)  # a full disk or Ctrl-C leaves no half-written report
-    raise
-  if out.exists():
-    shutil.rmtree(out)
-  staging.rename(out)
+  with integrity.staged_folder(out) as staging:  # a full disk or Ctrl-C leaves no half-written report
+    (staging / "report.json").write_text(json.dumps(report, indent=2))
+    np.savez(staging / "test_predictions.npz", logits=logits, labels=test.labels, classes=np.asarray(classes))
+    plot_confusion(
+        report["confusion_matrix"], classes, staging / "confusion.png",
+        f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
+    )
+    plot_learning_curves(history, staging / "learning_curves.png")
+    plot_reliability(logits, test.labels, bundle.calibration, staging / "reliability.png",
+                     f"test {train_lib.test_unit(config)}s, split by {config.split.unit}")
   logging.info("test accuracy %.4f, macro-F1 %.4f; report in %s", report["accuracy"], report["macro_f1"], out)
   return report
 

@@ -7,9 +7,14 @@ from cardiac_jax import dataset, train
 from configs import tiny
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("cache")
+  """The session's cache folder: prepared data, and compiled XLA programs (as the entry points keep them), so
+  every run of one shape after the first, in this process or a subprocess given this folder, skips most of
+  its compile. Set before any test compiles: JAX reads the setting once."""
+  path = tmp_path_factory.mktemp("cache")
+  train.use_compilation_cache(path)
+  return path
 
 
 @pytest.fixture(scope="session")

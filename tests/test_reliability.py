@@ -287,6 +287,26 @@ def test_a_full_disk_or_read_only_folder_is_one_line_and_leaves_no_half_report(c
   assert not (copy / "report").exists() and not list(copy.glob(".report-*"))
 
 
+@pytest.mark.parametrize("fault", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
+def test_an_output_folder_is_the_old_one_or_the_complete_new_one(tmp_path, fault):
+  """integrity.staged_folder, which report/ and interpret/ are written through: a failed rewrite keeps the old
+  folder as it was and leaves nothing beside it; a finished one replaces it whole."""
+  out = tmp_path / "interpret"
+  out.mkdir()
+  (out / "summary.json").write_text("old")
+  with pytest.raises(type(fault)) as raised:
+    with integrity.staged_folder(out) as staging:
+      (staging / "attributions.csv").write_text("half")
+      raise fault
+  if isinstance(fault, OSError):
+    assert raised.value.filename == str(out)  # the folder asked for, never the temporary one
+  assert _files(tmp_path) == {"interpret/summary.json": b"old"}
+  with integrity.staged_folder(out) as staging:
+    (staging / "attributions.csv").write_text("new")
+  assert _files(tmp_path) == {"interpret/attributions.csv": b"new"}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["interpret"]
+
+
 def test_a_real_write_refusal_of_the_kernel_is_one_line_and_leaves_no_half_report(copy):
   """Not a mock: eval.py under a 2 KB file-size limit (RLIMIT_FSIZE; root ignores read-only permission bits, and
   a full disk cannot be made here), where the kernel refuses the report's writes as a full disk would."""

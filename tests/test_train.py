@@ -75,8 +75,9 @@ def test_fill_examples_do_not_change_the_step():
   # exactly zero in theory (attention's key bias, to which softmax is blind) up to a full-size step.
   sgd = optax.sgd(1.0)
   state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
-  a, sums_a = train.train_step(state, batch, jax.random.key(1), label_smoothing=0.1)
-  b, sums_b = train.train_step(state, filled, jax.random.key(1), label_smoothing=0.1)
+  step = jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(1), label_smoothing=0.1))
+  a, sums_a = step(state, batch)
+  b, sums_b = step(state, filled)
   assert max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a.params, state.params))) > 1e-4
   jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), a.params, b.params)
   for key in ("loss", "correct", "count"):
