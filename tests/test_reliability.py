@@ -11,7 +11,6 @@ import errno
 import json
 import os
 import pathlib
-import resource
 import shutil
 import signal
 import subprocess
@@ -202,6 +201,20 @@ def _command(args, cwd=REPO, **kwargs):
   return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, **kwargs)
 
 
+def _python_with(setup, *args):
+  """The command line of Python running `args` after `setup` (a line of Python, with os, resource, signal and
+  sys imported) ran in a process of its own that then execs it: the limits and signal dispositions that setup
+  sets are inherited, and no forked copy of this multithreaded (JAX) test process runs Python before exec, as
+  a preexec_fn would."""
+  return [sys.executable, "-c", f"import os, resource, signal, sys; {setup}; "
+          "os.execv(sys.executable, [sys.executable] + sys.argv[1:])", *args]
+
+
+# SIGINT's default action for a child, as in a terminal: a shell that starts the tests in the background (no job
+# control) passes SIGINT on ignored, and Python then never raises KeyboardInterrupt.
+CTRL_C_AS_IN_A_TERMINAL = "signal.signal(signal.SIGINT, signal.SIG_DFL)"
+
+
 def _one_error_line(result):
   assert result.returncode == 1, result.stderr[-2000:]
   assert "Traceback" not in result.stderr
@@ -314,8 +327,8 @@ def test_a_real_write_refusal_of_the_kernel_is_one_line_and_leaves_no_half_repor
     return {k: v for k, v in _files(copy).items() if k != integrity.LOCK_NAME}
 
   before = unlocked()
-  result = _command(["eval.py", f"--workdir={copy}"],
-                    preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048)))
+  command = _python_with("resource.setrlimit(resource.RLIMIT_FSIZE, (2048, 2048))", "eval.py", f"--workdir={copy}")
+  result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
   assert _one_error_line(result) == f"error: {copy / 'report'}: File too large"
   assert unlocked() == before
   assert not list(copy.glob(".report-*"))
@@ -377,12 +390,6 @@ def test_interrupted_simulations_leave_no_partial_folders(tmp_path, monkeypatch)
   assert list(tmp_path.iterdir()) == []
 
 
-def _ctrl_c_as_in_a_terminal():
-  """SIGINT's default action for the child, as in a terminal: a shell starting the tests in the background
-  (no job control) passes SIGINT on ignored, and Python then never raises KeyboardInterrupt."""
-  signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cache_dir, tmp_path):
   """SIGINT once the first checkpoint is saved: one line naming the workdir and the last saved epoch, and a
   metrics.jsonl with a line for every saved epoch (at most one more: the epoch whose checkpoint was being
@@ -392,9 +399,9 @@ def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cach
   workdir = tmp_path / "interrupted"
   checksums = workdir / "checkpoints" / "latest.sha256.json"
   process = subprocess.Popen(
-      [sys.executable, "train.py", "--config=configs/tiny.py", f"--config.data.cache_dir={cache_dir}",
-       "--config.train.num_epochs=30", f"--workdir={workdir}"],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_as_in_a_terminal)
+      _python_with(CTRL_C_AS_IN_A_TERMINAL, "train.py", "--config=configs/tiny.py",
+                   f"--config.data.cache_dir={cache_dir}", "--config.train.num_epochs=30", f"--workdir={workdir}"),
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.monotonic() + 300
   while not checksums.exists() and process.poll() is None and time.monotonic() < deadline:
     time.sleep(0.05)
