@@ -199,7 +199,7 @@ SCORES = {
 QUANTILES = np.linspace(0.0, 1.0, 201)
 # The score annotation uses for 'Unassigned' unless told otherwise: the one that separated cells of unseen types
 # from known ones better in trust.py's leave-one-type-out runs (README, "How far to trust a label": mean AUROC
-# 0.733 for the energy against 0.704 for the top probability over the 7 types, ahead on 5 of them).
+# 0.726 for the energy against 0.700 for the top probability over the 7 types, ahead on 4 of them; 2026-11-25).
 DEFAULT_SCORE = "energy"
 # The share of known cells (validation) that annotation keeps assigned by default.
 KEEP_KNOWN = 0.95
