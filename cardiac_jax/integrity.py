@@ -80,15 +80,17 @@ def staged_folder(out):
   naming the file under `out` the user asked for (errors_name), goes on."""
   out = pathlib.Path(out)
   staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+  old = staging.with_name(staging.name + ".old")
   try:
     with errors_name(out, staging):
       yield staging
-      old = staging.with_name(staging.name + ".old")
       if out.exists():
         out.rename(old)
       staging.rename(out)
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)
+    if old.exists() and not out.exists():
+      old.rename(out)  # the new folder could not take its place: the old one goes back
     raise
   shutil.rmtree(old, ignore_errors=True)
 

@@ -320,6 +320,26 @@ def test_an_output_folder_is_the_old_one_or_the_complete_new_one(tmp_path, fault
   assert sorted(p.name for p in tmp_path.iterdir()) == ["interpret"]
 
 
+def test_an_output_folder_that_cannot_take_the_old_ones_place_gives_it_back(tmp_path, monkeypatch):
+  out = tmp_path / "report"
+  out.mkdir()
+  (out / "report.json").write_text("old")
+  rename = pathlib.Path.rename
+
+  def refuse_the_new_folder(self, target):
+    if self.name.startswith(".report-") and not self.name.endswith(".old"):
+      raise OSError(errno.EXDEV, "Invalid cross-device link", str(self))
+    return rename(self, target)
+
+  monkeypatch.setattr(pathlib.Path, "rename", refuse_the_new_folder)
+  with pytest.raises(OSError) as raised:
+    with integrity.staged_folder(out) as staging:
+      (staging / "report.json").write_text("new")
+  assert raised.value.filename == str(out)
+  assert _files(tmp_path) == {"report/report.json": b"old"}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
 def test_a_real_write_refusal_of_the_kernel_is_one_line_and_leaves_no_half_report(copy):
   """Not a mock: eval.py under a 2 KB file-size limit (RLIMIT_FSIZE; root ignores read-only permission bits, and
   a full disk cannot be made here), where the kernel refuses the report's writes as a full disk would."""
