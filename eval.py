@@ -1,11 +1,7 @@
-"""Restores a run's best model in a new process and writes <workdir>/report/: python eval.py --workdir=runs/large"""
+"""The `cardiac-jax eval` command, run from the repository: python eval.py --help"""
 
-from absl import flags
-
-from cardiac_jax import cli, evaluate
-
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The workdir that train.py wrote.", required=True)
+from cardiac_jax import cli
+from cardiac_jax.commands import eval
 
 if __name__ == "__main__":
-  cli.run(lambda: evaluate(FLAGS.workdir))
+  cli.run(eval.main)

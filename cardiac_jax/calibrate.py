@@ -1,38 +1,26 @@
-"""Logits -> calibrated probabilities: an affine map of the logits fitted on the validation split, and how to
-measure it.
+"""Logits -> calibrated probabilities: calibration methods by name, each an affine map of the logits fitted on
+the validation split to minimise the negative log-likelihood (NLL) of its labels (Guo et al., 2017).
 
-A network trained with cross-entropy is often over- (or under-) confident: its top softmax probability is
-not the frequency with which it is right. Two maps of the logits are fitted to minimise the negative
-log-likelihood (NLL) of the validation labels (Guo et al., 2017):
-- temperature scaling, logits / T with one number T > 0 (`fit_temperature`): it cannot change which class is
-  most probable, only how sure the model says it is;
-- vector scaling, logits * w + b with a scale and a bias per class (`fit_vector`): it can also change which
-  class is most probable, and so the label a cell gets.
-`fit` fits both on the validation cells and chooses vector scaling only where it measurably helps there: in a
-2-fold cross-fit (each map fitted on one half of the validation cells and its NLL measured on the other half,
+`METHODS`:
+- 'temperature': logits / T with one number T > 0 (`fit_temperature`); it cannot change which class is most
+  probable, only how sure the model says it is;
+- 'vector': logits * w + b with a scale and a bias per class (`fit_vector`); it can also change which class is
+  most probable, and so the label a cell gets.
+`fit` fits every method on the validation cells and chooses vector scaling only where it measurably helps: in
+a 2-fold cross-fit (each map fitted on one half of the validation cells, its NLL measured on the other half,
 both ways) its NLL must be lower than the temperature's by more than `VECTOR_MARGIN` standard errors of the
-per-cell difference. The workdir keeps the
-chosen map, refitted on all validation cells, in calibration.json as `scale` and `bias` [classes] (for a
-temperature 1/T and 0), and `apply` applies it to every prediction.
-
-Measures: `expected_calibration_error` (top-label ECE over equal-width bins of the top probability) and its
-class-wise version, and `reliability` (the per-bin table a reliability diagram draws).
-
-Cells of a type the model never saw: `SCORES` are per-cell numbers of the calibrated logits that are high for
-cells like the training types (the top probability; the negative free energy, Liu et al. 2020). The
-calibration record keeps the quantiles of each score on the validation cells (all of known types), so a
-threshold can be chosen that keeps a stated share of known cells assigned (`threshold`).
+per-cell difference. The record keeps the chosen map as `scale` and `bias` [classes] (for a temperature 1/T and
+0), and `apply` applies it to every prediction. ECE and reliability tables are in metrics.py.
 """
 
-import pathlib
+import dataclasses
+from typing import Callable
 
 import numpy as np
 import scipy.optimize
 
-from cardiac_jax import integrity
+from cardiac_jax.metrics import classwise_ece, expected_calibration_error
 
-# Equal-width bins of the top probability for ECE and reliability diagrams.
-ECE_BINS = 15
 # The temperature is searched on log T in this range (T from 0.05 to 20).
 _LOG_T_RANGE = (np.log(0.05), np.log(20.0))
 # Vector scaling is chosen only when its cross-fitted validation NLL is lower than the temperature's by more
@@ -41,7 +29,6 @@ _LOG_T_RANGE = (np.log(0.05), np.log(20.0))
 # seed.
 VECTOR_MARGIN = 2.0
 CROSS_FIT_SEED = 0
-METHODS = ("temperature", "vector")
 
 
 def log_softmax(logits):
@@ -106,12 +93,37 @@ def fit_vector(logits, labels):
   return theta[:classes], theta[classes:]
 
 
-def fit_map(method, logits, labels):
-  """(scale, bias) [classes] of calibration `method` (one of METHODS) fitted on logits [n, classes], labels [n]."""
-  if method == "vector":
-    return fit_vector(logits, labels)
+def _fit_temperature_map(logits, labels):
   classes = np.shape(logits)[1]
   return np.full(classes, 1.0 / fit_temperature(logits, labels)), np.zeros(classes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  """A calibration method: an affine map logits * scale + bias of its own shape.
+
+  Attributes:
+    fit: (logits [n, classes], labels [n]) -> (scale, bias) [classes], fitted to minimise the NLL.
+    saved: (scale, bias) -> the JSON value calibration.json keeps under the method's name.
+    restored: that JSON value -> (scale, bias), arrays or numbers that broadcast over [n, classes].
+  """
+
+  fit: Callable
+  saved: Callable
+  restored: Callable
+
+
+METHODS = {
+    "temperature": Method(_fit_temperature_map, lambda scale, bias: float(1.0 / scale[0]),
+                          lambda temperature: (1.0 / temperature, 0.0)),
+    "vector": Method(fit_vector, lambda scale, bias: {"scale": scale.tolist(), "bias": bias.tolist()},
+                     lambda saved: (np.asarray(saved["scale"]), np.asarray(saved["bias"]))),
+}
+
+
+def fit_map(method, logits, labels):
+  """(scale, bias) [classes] of calibration `method` (a name in METHODS) fitted on logits [n, classes], labels [n]."""
+  return METHODS[method].fit(logits, labels)
 
 
 def halves(labels, seed=CROSS_FIT_SEED):
@@ -135,13 +147,16 @@ def cross_fit_nll(method, logits, labels, first):
   return out
 
 
-def apply(record, logits):
-  """[n, classes] float64 calibrated logits: logits * scale + bias of a calibration record (`fit`). A record
-  from before vector scaling, with only a temperature T, means logits / T; no record (None), the logits as
-  they are."""
+def apply(record, logits, method=None):
+  """[n, classes] float64 calibrated logits under a calibration record (`fit`): its chosen map, logits * scale +
+  bias, or with `method` the map of that name fitted beside it. A record from before vector scaling, with only a
+  temperature T, means logits / T; no record (None), the logits as they are."""
   logits = np.asarray(logits, np.float64)
   if record is None:
     return logits
+  if method is not None:
+    scale, bias = METHODS[method].restored(record[method])
+    return logits * scale + bias
   if "scale" not in record:
     return logits / record["temperature"]
   return logits * np.asarray(record["scale"], np.float64) + np.asarray(record["bias"], np.float64)
@@ -154,70 +169,6 @@ def describe(record):
   if record.get("method", "temperature") == "temperature":
     return f"temperature scaling (T = {record['temperature']:.3g})"
   return "vector scaling"
-
-
-def reliability(confidence, correct, bins=ECE_BINS):
-  """Per equal-width bin of `confidence` [n]: (count, mean confidence, accuracy), arrays of length `bins`."""
-  confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
-  which = np.minimum((confidence * bins).astype(int), bins - 1)
-  count = np.bincount(which, minlength=bins).astype(np.float64)
-  safe = np.maximum(count, 1)
-  return count, np.bincount(which, confidence, bins) / safe, np.bincount(which, correct, bins) / safe
-
-
-def top_label_ece(confidence, correct, bins=ECE_BINS):
-  """ECE of any confidence [n] in a label against whether the label is right [n]: sum over equal-width bins of
-  |accuracy - mean confidence| x share of cells (for tools whose confidence is not a softmax, e.g. CellTypist)."""
-  count, confidence, accuracy = reliability(confidence, correct, bins)
-  return float((count * np.abs(accuracy - confidence)).sum() / max(count.sum(), 1))
-
-
-def expected_calibration_error(probabilities, labels, bins=ECE_BINS):
-  """Top-label ECE: sum over bins of the top probability of |accuracy - mean confidence| x share of cells."""
-  probabilities = np.asarray(probabilities)
-  return top_label_ece(probabilities.max(1), probabilities.argmax(1) == np.asarray(labels), bins)
-
-
-def classwise_ece(probabilities, labels, bins=ECE_BINS):
-  """Class-wise ECE: for every class, the ECE of its probability against being of that class; their mean."""
-  probabilities, labels = np.asarray(probabilities), np.asarray(labels)
-  errors = []
-  for c in range(probabilities.shape[1]):
-    count, confidence, frequency = reliability(probabilities[:, c], labels == c, bins)
-    errors.append((count * np.abs(frequency - confidence)).sum() / max(count.sum(), 1))
-  return float(np.mean(errors))
-
-
-# Scores of how much a cell looks like the training types, from its calibrated logits [n, classes] (`apply`);
-# higher = more like them. 'probability': the top probability. 'energy': logsumexp of the calibrated logits,
-# the negative free energy, which keeps the logits' scale that the softmax throws away.
-SCORES = {
-    "probability": lambda calibrated: softmax(calibrated).max(-1),
-    "energy": logsumexp,
-}
-# The validation quantiles of every score kept in calibration.json: 0%, 0.5%, ..., 100%.
-QUANTILES = np.linspace(0.0, 1.0, 201)
-# The score annotation uses for 'Unassigned' unless told otherwise: the one that separated cells of unseen types
-# from known ones better in trust.py's leave-one-type-out runs (README, "How far to trust a label": mean AUROC
-# 0.726 for the energy against 0.700 for the top probability over the 7 types, ahead on 4 of them; 2026-11-25).
-DEFAULT_SCORE = "energy"
-# The share of known cells (validation) that annotation keeps assigned by default.
-KEEP_KNOWN = 0.95
-
-
-def score(name, calibrated):
-  """[n] float64 score `name` (one of SCORES) of each row of calibrated logits [n, classes] (`apply`)."""
-  if name not in SCORES:
-    raise ValueError(f"unknown score {name!r}; known: {list(SCORES)}")
-  return np.asarray(SCORES[name](np.asarray(calibrated, np.float64)), np.float64)
-
-
-def threshold(record, name, keep=KEEP_KNOWN):
-  """The score `name` below which a cell is 'Unassigned', chosen so that a share `keep` of the validation cells
-  (all of types the model knows) stay assigned: the (1 - keep) quantile of their scores."""
-  if not 0 < keep <= 1:
-    raise ValueError(f"the share of known cells to keep must lie in (0, 1], got {keep}")
-  return float(np.interp(1.0 - keep, QUANTILES, record["val_score_quantiles"][name]))
 
 
 def choose(logits, labels):
@@ -238,17 +189,15 @@ def choose(logits, labels):
 
 
 def fit(val_logits, val_labels):
-  """The calibration record of a run: both maps fitted on all validation cells ('temperature'; 'vector': scale
-  and bias), the chosen one ('method', 'scale', 'bias' [classes]) and how it was chosen ('choice'), the
-  validation NLL and ECE before and after the chosen map, and the validation quantiles of every score in
-  SCORES (of the calibrated logits)."""
+  """The calibration record of a run: every method in METHODS fitted on all validation cells (under its name),
+  the chosen one ('method', 'scale', 'bias' [classes]) and how it was chosen ('choice'), and the validation NLL
+  and ECE before and after the chosen map."""
   logits, labels = np.asarray(val_logits, np.float64), np.asarray(val_labels)
   fits = {m: fit_map(m, logits, labels) for m in METHODS}
   method, choice = choose(logits, labels)
   scale, bias = fits[method]
   record = {"method": method, "scale": scale.tolist(), "bias": bias.tolist(), "choice": choice,
-            "temperature": float(1.0 / fits["temperature"][0][0]),
-            "vector": {"scale": fits["vector"][0].tolist(), "bias": fits["vector"][1].tolist()}}
+            **{m: METHODS[m].saved(*fits[m]) for m in METHODS}}
   calibrated = apply(record, logits)
   return dict(
       record,
@@ -256,7 +205,6 @@ def fit(val_logits, val_labels):
       val_nll_after=nll(calibrated, labels),
       val_ece_before=expected_calibration_error(softmax(logits), labels),
       val_ece_after=expected_calibration_error(softmax(calibrated), labels),
-      val_score_quantiles={name: np.quantile(score(name, calibrated), QUANTILES).tolist() for name in SCORES},
   )
 
 
@@ -271,20 +219,3 @@ def test_record(logits, labels, record):
     out[f"test_ece_{name}"] = expected_calibration_error(probabilities, labels)
     out[f"test_classwise_ece_{name}"] = classwise_ece(probabilities, labels)
   return out
-
-
-def upgraded(record):
-  """A calibration record as this version reads it: one from before vector scaling kept its energy quantiles as
-  T x logsumexp(logits / T); the energy is now logsumexp(logits / T), so they are divided by T."""
-  if record is None or "scale" in record or "val_score_quantiles" not in record:
-    return record
-  quantiles = dict(record["val_score_quantiles"])
-  quantiles["energy"] = (np.asarray(quantiles["energy"]) / record["temperature"]).tolist()
-  return dict(record, val_score_quantiles=quantiles)
-
-
-def load(workdir):
-  """A workdir's calibration record (calibration.json, `upgraded`), or None for a run trained before calibration
-  existed."""
-  path = pathlib.Path(workdir) / "calibration.json"
-  return upgraded(integrity.read_json(path)) if path.exists() else None

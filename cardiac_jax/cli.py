@@ -1,15 +1,48 @@
-"""The one thin `main` of the entry points (train.py, eval.py, annotate.py, suite.py)."""
+"""The command line: the console script `cardiac-jax <command>` (commands/), the one thin `main` every command
+runs under, and the process set-up they share (quiet logs, the compilation cache)."""
 
+import importlib
+import logging as std_logging
+import os
 import pathlib
 import re
 import signal
 import sys
 
-from absl import app, flags
+import jax
+from absl import app, flags, logging
 from ml_collections import config_flags
 
+from cardiac_jax import configs
 from cardiac_jax.errors import ConfigError, DataError
-from cardiac_jax.train import quiet_dependency_logs
+
+COMMANDS = {
+    "train": "train a model (a config: --config=annotate, large, ... or a file)",
+    "eval": "score a run's best model on its test split and write <workdir>/report/",
+    "annotate": "label every cell of a new time course (.h5ad or GEO folder)",
+    "interpret": "gene attributions and attention by day of a run",
+    "trust": "calibration on held-out donors and cells of unseen types (experiments)",
+    "suite": "the model, ablations and baselines over seeds (experiments)",
+}
+
+
+def quiet_dependency_logs():
+  """Keeps the INFO lines of Orbax and JAX internals out of the run's log; their warnings still show."""
+  own = os.sep + "cardiac_jax" + os.sep
+
+  def keep(record):
+    return record.levelno >= std_logging.WARNING or own in record.pathname
+
+  logging.get_absl_handler().addFilter(keep)
+
+
+def use_compilation_cache(cache_dir):
+  """Keeps compiled XLA programs in `cache_dir`/xla, so a later run of the same shapes skips most of the compile.
+
+  Set once by the commands that train (it is JAX's process-wide setting); compiles under a second are not kept.
+  """
+  jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(cache_dir).expanduser() / "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def one_line(error):
@@ -41,11 +74,11 @@ def guarded(body):
     sys.exit(one_line(e))
 
 
-def define_config(script, config_name, help_text):
-  """The --config flag of an entry point, defaulting to configs/<config_name> beside `script`, so it is found
-  from any folder. ml_collections applies --config.<field> overrides to a default config as the flag is
-  defined: a misspelt field there is one `error:` line too, not a traceback."""
-  default = pathlib.Path(script).resolve().parent / "configs" / config_name
+def define_config(config_name, help_text):
+  """The --config flag of a command, defaulting to the shipped config `config_name` (found from any folder).
+  ml_collections applies --config.<field> overrides to a default config as the flag is defined: a misspelt field
+  there is one `error:` line too, not a traceback."""
+  default = configs.path(config_name)
   try:
     config_flags.DEFINE_config_file("config", str(default), help_text, lock_config=True)
   except (AttributeError, KeyError, ValueError, TypeError) as e:
@@ -67,6 +100,19 @@ def parse_flags(argv):
   return rest
 
 
+def shipped_configs(argv):
+  """argv with a --config value that names no file but a shipped config ('annotate', 'configs/large.py' from
+  another folder) replaced by that config's file."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    value, prefix = (arg[len("--config="):], "--config=") if arg.startswith("--config=") else (None, "")
+    if arg == "--config" and i + 1 < len(out):
+      value, i, prefix = out[i + 1], i + 1, ""
+    if value and not pathlib.Path(value).exists() and configs.path(value) is not None:
+      out[i] = prefix + str(configs.path(value))
+  return out
+
+
 def run(body):
   """Runs `body()` as an absl program: no stray arguments, quiet dependency logs, and bad input, a bad config, a
   file-system fault or Ctrl-C as one `error: <path>: <problem>` line with exit code 1 instead of a traceback."""
@@ -83,4 +129,17 @@ def run(body):
       signal.signal(signal.SIGINT, signal.SIG_IGN)
       raise
 
+  sys.argv = shipped_configs(sys.argv)
   app.run(main, flags_parser=parse_flags)
+
+
+def main():
+  """The console script: `cardiac-jax <command> [flags]`; `cardiac-jax <command> --help` lists a command's flags."""
+  name = sys.argv[1] if len(sys.argv) > 1 else ""
+  if name not in COMMANDS:
+    listing = "\n".join(f"  {n:<10} {what}" for n, what in COMMANDS.items())
+    sys.exit(f"usage: cardiac-jax <command> [flags]\n\ncommands:\n{listing}" if name in ("", "-h", "--help")
+             else f"error: unknown command {name!r}; known: {list(COMMANDS)}")
+  command = importlib.import_module(f"cardiac_jax.commands.{name}")
+  sys.argv = [f"cardiac-jax {name}"] + sys.argv[2:]
+  run(command.main)

@@ -7,7 +7,6 @@ sequences) and this module only chains them and writes down what happened (`Data
 import dataclasses
 import hashlib
 import json
-import os
 import pathlib
 import zipfile
 
@@ -15,7 +14,7 @@ import numpy as np
 import scanpy as sc
 from absl import logging
 
-from cardiac_jax import preprocess, readers, simulate
+from cardiac_jax import integrity, preprocess, readers, simulate
 from cardiac_jax import split as splitting
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import (
@@ -199,10 +198,9 @@ def _save(dataset, path):
   meta = {"classes": dataset.encoding.classes, "genes": dataset.genes, "time_points": dataset.time_points,
           "report": dataset.report, "preprocessing": dataset.preprocessing.to_json()}
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + ".tmp.npz")
-  np.savez(tmp, cell_x=dataset.cell_x, cell_labels=dataset.cell_labels, cell_names=dataset.cell_names,
-           cell_split=dataset.cell_split, meta=np.array(json.dumps(meta)), **arrays)
-  os.replace(tmp, path)
+  integrity.write_atomic(path, lambda tmp: np.savez(
+      tmp, cell_x=dataset.cell_x, cell_labels=dataset.cell_labels, cell_names=dataset.cell_names,
+      cell_split=dataset.cell_split, meta=np.array(json.dumps(meta)), **arrays))
 
 
 def _load_saved(path):
@@ -403,3 +401,8 @@ def _anchored_sequences(j):
 
 # data.sequence_mode -> the function that builds [train, val, test] Sequences from a _Journey.
 SEQUENCE_MODES = {"type": _type_sequences, "anchored": _anchored_sequences, "cell": _cell_sequences}
+
+
+def test_unit(config):
+  """What one test example is: a type sequence (the seed's mode) or a cell (per-cell modes)."""
+  return "sequence" if config.data.sequence_mode == "type" else "cell"

@@ -95,6 +95,24 @@ def staged_folder(out):
   shutil.rmtree(old, ignore_errors=True)
 
 
+def write_atomic(path, content):
+  """Writes content (str, bytes, or a function that writes to a path it is given) to path through a temporary
+  file beside it and a rename, so the file is complete or absent; the temporary file never outlives a failure."""
+  path = pathlib.Path(path)
+  tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+  try:
+    with errors_name(path, tmp):
+      if callable(content):
+        content(tmp)
+      elif isinstance(content, bytes):
+        tmp.write_bytes(content)
+      else:
+        tmp.write_text(content)
+      os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
 def read_json(path):
   """The JSON value of a run file; a missing, truncated or damaged one is a ConfigError naming it."""
   path = pathlib.Path(path)

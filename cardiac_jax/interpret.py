@@ -1,6 +1,7 @@
 """Why a label: which genes and which days a trained model's logits lean on, scored against the simulator's truth.
 
-`explain(workdir)` explains the correctly classified test sequences of a trained run (the split train.py saved)
+`explain(workdir)` explains the correctly labelled test sequences of a trained run (the split training saved;
+labels from the one prediction path, predict.py)
 and writes `<workdir>/interpret/`:
 
 * attributions.csv: per method, class and input gene, the mean attribution of the gene (summed over a sequence's
@@ -28,33 +29,24 @@ and writes `<workdir>/interpret/`:
 * summary.json: completeness, counts, the wall time, and for anchored sequences the share of each cell's
   attribution that comes from its own step rather than from its context.
 
-`score(workdirs)` ranks genes for each class by those attributions, by scanpy's Wilcoxon `rank_genes_groups`
-(training cells, one class against the rest) and by a per-cell logistic regression's standardised
-coefficients, and scores each ranking against the simulator's true genes (`simulate.true_genes`): R-precision
-(k = the class's true genes among the model's input genes) and precision at 10, per class and averaged, and
-the overlap of the top 20 between runs (seeds).
+How well these rankings find the simulator's true genes is scored in experiments/interpret_scores.py.
 """
 
 import itertools
 import json
-import pathlib
 import time
 
-import anndata
 import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import scanpy as sc
 from absl import logging
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import dataset, inference, integrity, simulate
-from cardiac_jax import train as train_lib
+from cardiac_jax import dataset, figures, integrity, predict
+from cardiac_jax import workdir as rundir
 from cardiac_jax.errors import ConfigError, DataError
 
 # Integrated gradients: 64 Gauss-Legendre points, crowded near the baseline (alpha = u ** 3). Measured on a base run
@@ -71,9 +63,8 @@ BATCH = 64
 COMPLETENESS_ATOL = 0.05
 COMPLETENESS_RTOL = 0.05
 TOP_GENES_PLOTTED = 5
-TOP_OVERLAP = 20
-PRECISION_AT = 10
-OUT_DIR = "interpret"
+# The file of interpret/ that holds the rankings.
+ATTRIBUTIONS = "attributions.csv"
 
 
 def gene_channels(x, n_genes):
@@ -164,7 +155,7 @@ def attribute(bundle, sequences, *, steps=IG_STEPS, batch_size=BATCH, progress=T
   """Attributions of each sequence to its label's logit (integrated gradients and gradient x input).
 
   Args:
-    bundle: inference.Bundle of the run; sequences: Sequences with labels (the class explained).
+    bundle: workdir.Bundle of the run; sequences: Sequences with labels (the class explained).
 
   Returns:
     dict of numpy arrays: integrated_gradients, gradient_x_input and gradient [n, steps_used, features] (zero at
@@ -301,9 +292,7 @@ def plot_top_genes(table, classes, path, top=TOP_GENES_PLOTTED):
   ax.set_yticks(range(len(present)), present)
   ax.set_title(f"integrated gradients: top {top} genes per class (row-scaled mean attribution)")
   fig.colorbar(image, ax=ax, fraction=0.03)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 def plot_by_day(days, classes, time_points, path):
@@ -319,9 +308,7 @@ def plot_by_day(days, classes, time_points, path):
     ax.set_title({"attention_mean": "attention by day (mean of heads)",
                   "attribution_share": "share of |integrated gradients| by day"}[quantity])
     fig.colorbar(image, ax=ax, fraction=0.04)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 def step_times(bundle, names):
@@ -359,12 +346,12 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
   """Explains a trained run's correctly classified test sequences and writes workdir/interpret/ (see the module
   docstring). Returns the summary (also summary.json)."""
   started = time.perf_counter()
-  bundle = inference.load(workdir)
-  test, names = train_lib.load_test_sequences(bundle.workdir)
-  logits = inference.predict_logits(bundle, test)
-  right = first_per_class(logits.argmax(1) == test.labels, test.labels, max_per_class)
+  bundle = rundir.load(workdir)
+  test, names = rundir.load_test_sequences(bundle.workdir)
+  labelled_right = predict.predict(bundle, test).label_ids == test.labels
+  right = first_per_class(labelled_right, test.labels, max_per_class)
   correct = test.take(right)
-  logging.info("interpret: %d of %d test sequences correctly classified; explaining %d", (logits.argmax(1) == test.labels).sum(),
+  logging.info("interpret: %d of %d test sequences correctly labelled; explaining %d", labelled_right.sum(),
                len(test), len(correct))
   if not len(correct):
     raise ConfigError(f"{bundle.workdir}: no test sequence is correctly classified; nothing to explain")
@@ -385,7 +372,7 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
                   "padding as in the input",
       "completeness": completeness(result),
       "test_sequences": int(len(test)),
-      "correctly_classified": int((logits.argmax(1) == test.labels).sum()),
+      "correctly_classified": int(labelled_right.sum()),
       "explained_sequences": int(len(correct)),
       "max_per_class": max_per_class,
       "explained_per_class": {c: int((correct.labels == i).sum()) for i, c in enumerate(classes)},
@@ -400,184 +387,13 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
                                      for i, c in enumerate(classes) if (correct.labels == i).any()},
     }
   summary["seconds"] = time.perf_counter() - started
-  with integrity.staged_folder(bundle.workdir / OUT_DIR) as staging:
-    table.to_csv(staging / "attributions.csv", index=False, float_format="%.6g")
+  with integrity.staged_folder(bundle.workdir / rundir.INTERPRET) as staging:
+    table.to_csv(staging / ATTRIBUTIONS, index=False, float_format="%.6g")
     days.to_csv(staging / "by_day.csv", index=False, float_format="%.6g")
     plot_top_genes(table, classes, staging / "top_genes.png")
     plot_by_day(days, classes, bundle.time_points, staging / "by_day.png")
     (staging / "summary.json").write_text(json.dumps(summary, indent=2))
   logging.info("interpret: completeness within tolerance for %.1f%% of sequences; %.0f s; written to %s",
                100 * summary["completeness"]["fraction_within_tolerance"], summary["seconds"],
-               bundle.workdir / OUT_DIR)
+               bundle.workdir / rundir.INTERPRET)
   return summary
-
-
-def ground_truth(config):
-  """{class: true genes} of the simulator that wrote the run's data (`simulate.true_genes`)."""
-  if config.data.source != "simulated":
-    raise ConfigError(f"data.source={config.data.source!r}: true genes are known only for the built-in simulated "
-                      "data (data.source='simulated')")
-  return simulate.true_genes(config.sim.n_genes, config.sim.seed)
-
-
-def reference_scores(bundle):
-  """{method: [classes, genes] scores} of the references, fitted on the run's training cells and its input genes:
-  scanpy's Wilcoxon rank_genes_groups (one class against the rest; its z-scores) and a per-cell logistic
-  regression's coefficients on standardised genes (multinomial)."""
-  data = dataset.prepare(bundle.config)
-  genes, classes = list(bundle.record["genes"]), list(bundle.classes)
-  if list(data.genes) != genes:
-    raise ConfigError(f"{bundle.workdir}: the data prepared now have other input genes than the run; was the data "
-                      "or the code of the data's journey changed since training?")
-  train_cells = data.cell_split == 0
-  x, labels = data.cell_x[train_cells], data.cell_labels[train_cells]
-  adata = anndata.AnnData(X=x, obs=pd.DataFrame({"label": pd.Categorical(np.asarray(classes)[labels])}))
-  adata.var_names = genes
-  adata.obs_names = [str(i) for i in range(len(x))]
-  sc.tl.rank_genes_groups(adata, "label", method="wilcoxon", reference="rest", n_genes=len(genes), use_raw=False)
-  result = adata.uns["rank_genes_groups"]
-  column = {g: i for i, g in enumerate(genes)}
-  wilcoxon = np.full((len(classes), len(genes)), np.nan)
-  for c, name in enumerate(classes):
-    if name in result["names"].dtype.names:
-      wilcoxon[c, [column[g] for g in result["names"][name]]] = result["scores"][name]
-  model = LogisticRegression(max_iter=1000, random_state=bundle.config.seed)
-  model.fit(StandardScaler().fit_transform(x), labels)
-  coefficients = np.full((len(classes), len(genes)), np.nan)
-  coefficients[model.classes_] = model.coef_
-  return {"wilcoxon": wilcoxon, "logistic_regression": coefficients}
-
-
-def rankings(table):
-  """{method: {class: genes, rank 1 first}} of a long (method, class, gene, score, rank) table."""
-  ordered = table.sort_values(["method", "class", "rank"], kind="stable")
-  return {m: {c: list(g.gene) for c, g in part.groupby("class", sort=False)}
-          for m, part in ordered.groupby("method", sort=False)}
-
-
-def precision_table(ranked, truth, genes, at=PRECISION_AT):
-  """Rows (method, class, k, r_precision, precision_at_10): k = the class's true genes among `genes`; classes
-  without any are left out."""
-  inputs = set(genes)
-  rows = []
-  for method, by_class in ranked.items():
-    for name, order in by_class.items():
-      true = set(truth.get(name, ())) & inputs
-      if not true:
-        continue
-      k = len(true)
-      rows.append({"method": method, "class": name, "k": k, "r_precision": len(true & set(order[:k])) / k,
-                   f"precision_at_{at}": len(true & set(order[:at])) / at})
-  return pd.DataFrame(rows)
-
-
-def top_overlap(runs, top=TOP_OVERLAP):
-  """Rows (method, class, overlap): mean over pairs of runs of |top genes of a ∩ top genes of b| / top."""
-  rows = []
-  for method in runs[0]:
-    for name in runs[0][method]:
-      pairs = [len(set(a[method][name][:top]) & set(b[method][name][:top])) / top
-               for a, b in itertools.combinations(runs, 2) if name in a[method] and name in b[method]]
-      if pairs:
-        rows.append({"method": method, "class": name, f"top{top}_overlap": float(np.mean(pairs))})
-  return pd.DataFrame(rows)
-
-
-def score_run(workdir, steps=IG_STEPS, progress=True):
-  """One run's gene rankings (its interpret/attributions.csv, written first if missing, and the references) and
-  their precision against the simulator's true genes. Returns (rankings, precision rows with the run's seed)."""
-  bundle = inference.load(workdir)
-  truth = ground_truth(bundle.config)
-  path = bundle.workdir / OUT_DIR / "attributions.csv"
-  if not path.exists():
-    explain(workdir, steps=steps, progress=progress)
-  table = pd.read_csv(path)
-  genes, classes = list(bundle.record["genes"]), list(bundle.classes)
-  references = pd.concat([ranking_table(m, s, classes, genes) for m, s in reference_scores(bundle).items()])
-  ranked = rankings(pd.concat([table, references], ignore_index=True))
-  rows = precision_table(ranked, truth, genes)
-  rows.insert(0, "seed", bundle.config.seed)
-  rows.insert(0, "workdir", str(bundle.workdir))
-  return ranked, rows
-
-
-METHOD_NAMES = {
-    "integrated_gradients": "model, integrated gradients",
-    "integrated_gradients_own_step": "model, integrated gradients, own step only",
-    "gradient_x_input": "model, gradient x input",
-    "gradient_own_step": "model, gradient, own step only",
-    "wilcoxon": "Wilcoxon rank_genes_groups",
-    "logistic_regression": "per-cell logistic regression coefficients",
-}
-
-
-def _class_order(names):
-  """The simulator's type order (then any other class, sorted)."""
-  order = {t: i for i, t in enumerate(simulate.TYPES)}
-  return sorted(set(names), key=lambda c: (order.get(c, len(order)), c))
-
-
-def markdown(per_run, overlap, n_runs):
-  """The score table: per method, R-precision and precision at 10 (class mean, then mean ± sd over runs) and the
-  top-20 overlap between runs; then R-precision per class (mean over runs)."""
-  by_run = per_run.groupby(["method", "workdir"])[["r_precision", f"precision_at_{PRECISION_AT}"]].mean()
-  lines = [f"| method | R-precision | precision@{PRECISION_AT} | top-{TOP_OVERLAP} overlap between runs | runs |",
-           "|---|---|---|---|---|"]
-  for method, name in METHOD_NAMES.items():
-    if method not in by_run.index.get_level_values(0):
-      continue
-    part = by_run.loc[method]
-    stable = overlap[overlap.method == method][f"top{TOP_OVERLAP}_overlap"].mean() if len(overlap) else float("nan")
-    cells = [f"{part[col].mean():.3f} ± {part[col].std(ddof=1) if len(part) > 1 else 0.0:.3f}"
-             for col in ("r_precision", f"precision_at_{PRECISION_AT}")]
-    lines.append(f"| {name} | {cells[0]} | {cells[1]} | {stable:.3f} | {len(part)} |")
-  classes = _class_order(per_run["class"])
-  per_class = per_run.groupby(["method", "class"])["r_precision"].mean()
-  ks = per_run.groupby("class")["k"].agg(lambda k: f"{k.min()}-{k.max()}" if k.min() != k.max() else str(k.min()))
-  lines += ["", "| method | " + " | ".join(f"{c} (k={ks[c]})" for c in classes) + " |",
-            "|---|" + "---|" * len(classes)]
-  for method, name in METHOD_NAMES.items():
-    if method in per_class.index.get_level_values(0):
-      lines.append(f"| {name} | " + " | ".join(f"{per_class[method].get(c, float('nan')):.2f}" for c in classes) + " |")
-  lines.append(f"\nR-precision per class, mean over {n_runs} runs; k = true genes among the model's input genes.")
-  return "\n".join(lines) + "\n"
-
-
-def plot_scores(per_run, path):
-  """Bars: R-precision per class and method (mean over runs), with the runs' spread."""
-  classes = _class_order(per_run["class"])
-  methods = [m for m in METHOD_NAMES if (per_run.method == m).any()]
-  width = 0.8 / len(methods)
-  fig, ax = plt.subplots(figsize=(9, 4))
-  for i, method in enumerate(methods):
-    part = per_run[per_run.method == method].groupby("class")["r_precision"]
-    mean, sd = part.mean().reindex(classes), part.std(ddof=0).reindex(classes).fillna(0)
-    ax.bar(np.arange(len(classes)) + i * width, mean, width, yerr=sd, label=METHOD_NAMES[method], capsize=2)
-  ax.set_xticks(np.arange(len(classes)) + 0.4 - width / 2, classes)
-  ax.set_ylabel("R-precision against the simulator's true genes")
-  ax.set_ylim(0, 1)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
-def score(workdirs, output, steps=IG_STEPS, progress=True):
-  """Scores every run's rankings against the simulator's true genes and the runs against each other (seeds); writes
-  output/scores.csv (per run, method and class), stability.csv, scores.md and scores.png. Returns scores.md."""
-  started = time.perf_counter()
-  if not workdirs:
-    raise ConfigError("score needs at least one workdir")
-  scored = [score_run(w, steps, progress) for w in workdirs]
-  per_run = pd.concat([rows for _, rows in scored], ignore_index=True)
-  overlap = top_overlap([ranked for ranked, _ in scored]) if len(scored) > 1 else pd.DataFrame()
-  text = markdown(per_run, overlap, len(scored))
-  output = pathlib.Path(output).expanduser()
-  output.mkdir(parents=True, exist_ok=True)
-  train_lib.write_atomic(output / "scores.csv", per_run.to_csv(index=False, float_format="%.6g"))
-  train_lib.write_atomic(output / "stability.csv", overlap.to_csv(index=False, float_format="%.6g"))
-  train_lib.write_atomic(output / "scores.png", lambda tmp: plot_scores(per_run, tmp))
-  train_lib.write_atomic(output / "scores.md", text)
-  logging.info("interpret: %d runs scored in %.0f s; table in %s", len(scored), time.perf_counter() - started,
-               output / "scores.md")
-  return text

@@ -38,22 +38,68 @@ def add(a, b):
 
 
 def classification_report(labels, predictions, classes):
-  """Accuracy, per-class precision/recall/F1/support, macro-F1 and the confusion matrix (rows = true class)."""
+  """Accuracy, per-class precision/recall/F1/support, macro-F1 and the confusion matrix (rows = true class).
+
+  A prediction of -1 is 'Unassigned': a miss for its cell's class (in its recall and the accuracy), counted
+  per class as 'unassigned', in no class's precision.
+  """
   n = len(classes)
+  labels, predictions = np.asarray(labels), np.asarray(predictions)
+  assigned = predictions >= 0
   confusion = np.zeros((n, n), np.int64)
-  np.add.at(confusion, (np.asarray(labels), np.asarray(predictions)), 1)
+  np.add.at(confusion, (labels[assigned], predictions[assigned]), 1)
   true_pos = np.diag(confusion).astype(np.float64)
   predicted = confusion.sum(0)
-  actual = confusion.sum(1)
+  actual = np.bincount(labels, minlength=n)
+  unassigned = np.bincount(labels[~assigned], minlength=n)
   precision = np.divide(true_pos, predicted, out=np.zeros(n), where=predicted > 0)
   recall = np.divide(true_pos, actual, out=np.zeros(n), where=actual > 0)
   f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=precision + recall > 0)
   return {
-      "accuracy": float(true_pos.sum() / max(confusion.sum(), 1)),
+      "accuracy": float(true_pos.sum() / max(len(labels), 1)),
       "macro_f1": float(f1[actual > 0].mean()) if (actual > 0).any() else 0.0,
+      "unassigned": float((~assigned).mean()) if len(labels) else 0.0,
       "per_class": {
-          name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(actual[i])}
+          name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                 "support": int(actual[i]), "unassigned": int(unassigned[i])}
           for i, name in enumerate(classes)
       },
       "confusion_matrix": confusion.tolist(),
   }
+
+
+# Equal-width bins of the top probability for ECE and reliability diagrams.
+ECE_BINS = 15
+
+
+def reliability(confidence, correct, bins=ECE_BINS):
+  """Per equal-width bin of `confidence` [n]: (count, mean confidence, accuracy), arrays of length `bins`."""
+  confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+  which = np.minimum((confidence * bins).astype(int), bins - 1)
+  count = np.bincount(which, minlength=bins).astype(np.float64)
+  safe = np.maximum(count, 1)
+  return count, np.bincount(which, confidence, bins) / safe, np.bincount(which, correct, bins) / safe
+
+
+def top_label_ece(confidence, correct, bins=ECE_BINS):
+  """ECE of any confidence [n] in a label against whether the label is right [n]: sum over equal-width bins of
+  |accuracy - mean confidence| x share of cells (for tools whose confidence is not a softmax, e.g. CellTypist)."""
+  count, confidence, accuracy = reliability(confidence, correct, bins)
+  return float((count * np.abs(accuracy - confidence)).sum() / max(count.sum(), 1))
+
+
+def expected_calibration_error(probabilities, labels, bins=ECE_BINS):
+  """Top-label ECE: sum over bins of the top probability of |accuracy - mean confidence| x share of cells."""
+  probabilities = np.asarray(probabilities)
+  return top_label_ece(probabilities.max(1), probabilities.argmax(1) == np.asarray(labels), bins)
+
+
+def classwise_ece(probabilities, labels, bins=ECE_BINS):
+  """Class-wise ECE: for every class, the ECE of its probability against being of that class; their mean."""
+  probabilities, labels = np.asarray(probabilities), np.asarray(labels)
+  errors = []
+  for c in range(probabilities.shape[1]):
+    count, confidence, frequency = reliability(probabilities[:, c], labels == c, bins)
+    errors.append((count * np.abs(frequency - confidence)).sum() / max(count.sum(), 1))
+  return float(np.mean(errors))
+

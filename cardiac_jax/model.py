@@ -26,12 +26,16 @@ With the defaults and 200 genes the model has 1,383,303 parameters: the seed's P
 1,386,375 less PyTorch's second LSTM bias (6 directions x 512), which Flax's cells do not have.
 """
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from cardiac_jax.checks import closest
+from cardiac_jax.errors import ConfigError
 
 
 def valid_mask(lengths, steps):
@@ -402,3 +406,30 @@ class EnhancedCardiacRNN(nn.Module):
       h = nn.relu(h)
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
     return nn.Dense(self.num_classes, dtype=dtype, name='classifier')(h).astype(jnp.float32)
+
+
+# Networks by name (config.model_name): each a Flax module class taking num_classes and the fields of
+# config.model.
+MODELS = {'enhanced_rnn': EnhancedCardiacRNN}
+# Config fields added after runs were written without them: a saved config lacking one gets the value those
+# runs were trained with (Flax's LayerNorm epsilon and shared attention-dropout mask; the one network there was).
+EARLIER_DEFAULTS = {'model_name': 'enhanced_rnn',
+                    'model': {'layer_norm_eps': 1e-6, 'attention_dropout_per_sequence': False}}
+
+
+def create_model(config, num_classes):
+  """The network config.model_name names, built with the fields of config.model; unknown names are ConfigErrors."""
+  if config.model_name not in MODELS:
+    raise ConfigError(f"config: model_name={config.model_name!r} must be one of {list(MODELS)}")
+  module = MODELS[config.model_name]
+  fields = config.model.to_dict()
+  known = {f.name for f in dataclasses.fields(module)} - {'parent', 'name', 'num_classes'}
+  for field in fields:
+    if field not in known:
+      raise ConfigError(f"config: unknown config field 'model.{field}'{closest(field, known)}")
+  return module(num_classes=num_classes, **fields)
+
+
+def predict_step(params, apply_fn, batch):
+  """Logits [batch, classes] of a batch (x [batch, steps, features], lengths [batch]), without dropout; no labels."""
+  return apply_fn({'params': params}, batch['x'], batch['lengths'], train=False)

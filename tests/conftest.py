@@ -3,8 +3,8 @@ finished tiny run that tests read but never change (copy it to damage or extend 
 
 import pytest
 
-from cardiac_jax import dataset, train
-from configs import tiny
+from cardiac_jax import cli, dataset, training
+from cardiac_jax.configs import tiny
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -13,7 +13,7 @@ def cache_dir(tmp_path_factory):
   every run of one shape after the first, in this process or a subprocess given this folder, skips most of
   its compile. Set before any test compiles: JAX reads the setting once."""
   path = tmp_path_factory.mktemp("cache")
-  train.use_compilation_cache(path)
+  cli.use_compilation_cache(path)
   return path
 
 
@@ -41,4 +41,4 @@ def tiny_run(tmp_path_factory, cache_dir, simulated):
   config = tiny.get_config()
   config.data.cache_dir = str(cache_dir)
   workdir = tmp_path_factory.mktemp("tiny_run") / "run"
-  return workdir, config, train.train_and_evaluate(config, workdir)
+  return workdir, config, training.train_and_evaluate(config, workdir)

@@ -14,9 +14,10 @@ import sys
 import jax
 import numpy as np
 
-from cardiac_jax import inference, parallel, preprocess, train
+from cardiac_jax import parallel, predict, preprocess, training
+from cardiac_jax import workdir as rundir
 from cardiac_jax.errors import ConfigError
-from configs import tiny
+from cardiac_jax.configs import tiny
 
 STEPS = 3
 GENES = 6
@@ -35,7 +36,7 @@ def model_config():
 def fresh_state():
   """The TrainState both processes build from seed 0 ([4 steps, GENES + 1 features], 3 classes); built once (each
   build compiles the model's init)."""
-  return train.create_train_state(jax.random.key(0), model_config(), 3, GENES + 1, 4)
+  return training.create_train_state(jax.random.key(0), model_config(), 3, GENES + 1, 4)
 
 
 def batches(n=16, seed=0):
@@ -54,7 +55,7 @@ def batches(n=16, seed=0):
 def trained(mesh):
   """The TrainState after STEPS train steps (dropout on) over `mesh`'s devices."""
   state = mesh.replicate(fresh_state())
-  step = mesh.feeding(mesh.jit(lambda s, b, r: train.train_step(s, b, r, label_smoothing=0.1), batch_arg=1),
+  step = mesh.feeding(mesh.jit(lambda s, b, r: training.train_step(s, b, r, label_smoothing=0.1), batch_arg=1),
                       batch_arg=1)
   rng = mesh.replicate(jax.random.key(1))
   for batch in batches():
@@ -70,8 +71,8 @@ def bundle(config, params):
   preprocessing = preprocess.Preprocessing(tuple(f"g{i}" for i in range(GENES)), "log", 1e4,
                                            np.zeros(GENES, np.float32), np.ones(GENES, np.float32), components)
   config.data.context_k = 2
-  return inference.Bundle(pathlib.Path("."), config, params, fresh_state().apply_fn, ("a", "b", "c"),
-                          ("d0", "d1", "d2", "d3"), preprocessing, {"batch_size": 16}, {})
+  return rundir.Bundle(pathlib.Path("."), config, params, fresh_state().apply_fn, ("a", "b", "c"),
+                       ("d0", "d1", "d2", "d3"), preprocessing, {"batch_size": 16}, {})
 
 
 def annotate_probabilities(config, params, n_devices):
@@ -81,8 +82,8 @@ def annotate_probabilities(config, params, n_devices):
   times = rng.integers(0, 4, size=301).astype(np.int32)
   mesh = parallel.data_parallel(n_devices)
   query = bundle(config, mesh.replicate(params))
-  return inference.probabilities(query, inference.predict_cell_logits(query, x, times, progress=False,
-                                                                      data_parallel=mesh))
+  logits = predict.predict_cell_logits(query, x, times, progress=False, data_parallel=mesh)
+  return predict.from_logits(logits, query.calibration, query.classes).probabilities
 
 
 def batch_size_error(mesh):
@@ -99,10 +100,10 @@ def main(out, one_device_checkpoint):
   config = model_config()
   one, two = parallel.data_parallel(1), parallel.data_parallel(2)
   state_1, state_2 = trained(one), trained(two)
-  checkpoints = train.Checkpoints(out / "checkpoint")
+  checkpoints = rundir.Checkpoints(out / "checkpoint")
   checkpoints.save(STEPS, state_2, {"val_accuracy": 0.5}, improved=True)
   checkpoints.close()
-  restored, _ = train.Checkpoints(one_device_checkpoint).restore_latest(two.replicate(fresh_state()))
+  restored, _ = rundir.Checkpoints(one_device_checkpoint).restore_latest(two.replicate(fresh_state()))
   flat = lambda tree: {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
   np.savez(
       out / "results.npz",

@@ -13,9 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardiac_jax import calibrate, dataset, inference, readers, report, train, trust
+from cardiac_jax import annotation, calibrate, dataset, predict, readers, training, unassigned
+from cardiac_jax import workdir as rundir
+from cardiac_jax.experiments import trust
 from cardiac_jax.errors import ConfigError, DataError
-from configs import tiny
+from cardiac_jax.configs import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,7 +30,7 @@ def run(tmp_path_factory, cache_dir, simulated):
   config.data.cache_dir = str(cache_dir)
   config.data.sequence_mode = "anchored"
   config.train.num_epochs = 4
-  train.train_and_evaluate(config, root / "run")
+  training.train_and_evaluate(config, root / "run")
   data = dataset.prepare(config)
   adata = readers.read_geo(simulated[0])
   test_names = data.cell_names[data.test.anchor_cells]
@@ -46,29 +48,29 @@ def _sha(path):
 def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   """The query is the held-out donors' cells: context comes from the query as it came from the test split."""
   root, _, data, _ = run
-  bundle = inference.load(root / "run")
-  test, names = train.load_test_sequences(root / "run")
-  logits = inference.predict_logits(bundle, test)
+  bundle = rundir.load(root / "run")
+  test, names = rundir.load_test_sequences(root / "run")
+  logits = predict.predict_logits(bundle, test)
   before = _sha(root / "query.h5ad")
-  result, _ = inference.annotate_file(root / "run", root / "query.h5ad", root / "out.h5ad", progress=False)
+  result, _ = annotation.annotate_file(root / "run", root / "query.h5ad", root / "out.h5ad", progress=False)
   assert _sha(root / "query.h5ad") == before  # the input is never modified
   out = anndata.read_h5ad(root / "out.h5ad")
   # the same logits; the probabilities are their calibration (a per-class scale can magnify float32 noise)
   np.testing.assert_allclose(result.logits, logits, atol=1e-5)
   expected = calibrate.softmax(calibrate.apply(bundle.calibration, result.logits))
-  np.testing.assert_allclose(out.obsm[inference.PROBABILITIES_KEY], expected, atol=1e-6)
+  np.testing.assert_allclose(out.obsm[annotation.PROBABILITIES_KEY], expected, atol=1e-6)
   np.testing.assert_array_equal(out.obs_names, names[np.arange(len(names)), test.anchor])
   best = np.asarray(bundle.classes)[expected.argmax(1)]
   # the default rule: the energy (logsumexp) of the calibrated logits below the threshold that keeps 95% of
   # validation cells assigned
   energy = calibrate.logsumexp(calibrate.apply(bundle.calibration, result.logits))
-  confident = energy >= calibrate.threshold(bundle.calibration, "energy", 0.95)
-  assert result.info["unassigned"]["score"] == calibrate.DEFAULT_SCORE == "energy"
+  confident = energy >= unassigned.threshold(bundle.calibration, "energy", 0.95)
+  assert result.info["unassigned"]["score"] == unassigned.DEFAULT_SCORE == "energy"
   assert 0 < (~confident).sum() < len(confident)
-  labels = out.obs[inference.LABEL_KEY].astype(str).to_numpy()
+  labels = out.obs[annotation.LABEL_KEY].astype(str).to_numpy()
   np.testing.assert_array_equal(labels[confident], best[confident])
-  assert (labels[~confident] == inference.UNASSIGNED).all()
-  np.testing.assert_allclose(out.obs[inference.CONFIDENCE_KEY], expected.max(1), atol=1e-5)
+  assert (labels[~confident] == unassigned.UNASSIGNED).all()
+  np.testing.assert_allclose(out.obs[annotation.CONFIDENCE_KEY], expected.max(1), atol=1e-5)
   info = out.uns["cardiac_jax"]
   assert list(info["classes"]) == list(bundle.classes) and list(info["time_points"]) == list(bundle.time_points)
   assert len(info["genes_used"]) == len(bundle.preprocessing.genes) and len(info["genes_missing"]) == 0
@@ -79,55 +81,56 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
 
 def test_shuffled_genes_and_cells_give_the_same_labels(run):
   root, _, _, query = run
-  bundle = inference.load(root / "run")
-  first, _ = inference.annotate(bundle, query, progress=False)
+  bundle = rundir.load(root / "run")
+  first = annotation.annotate(bundle, query, progress=False).to_adata()
   rng = np.random.default_rng(0)
   cells, genes = rng.permutation(query.n_obs), rng.permutation(query.n_vars)
-  shuffled, _ = inference.annotate(bundle, query[cells][:, genes].copy(), progress=False)
-  np.testing.assert_allclose(shuffled.obsm[inference.PROBABILITIES_KEY],
-                             first.obsm[inference.PROBABILITIES_KEY][cells], atol=1e-5)
+  shuffled = annotation.annotate(bundle, query[cells][:, genes].copy(), progress=False).to_adata()
+  np.testing.assert_allclose(shuffled.obsm[annotation.PROBABILITIES_KEY],
+                             first.obsm[annotation.PROBABILITIES_KEY][cells], atol=1e-5)
   assert "cardiac_jax_label" not in query.obs  # annotate returns a copy
 
 
 def test_a_query_with_some_time_points_and_missing_genes_works(run):
   root, _, _, query = run
-  bundle = inference.load(root / "run")
+  bundle = rundir.load(root / "run")
   days = bundle.time_points[2:5]
   part = query[query.obs["diffday"].isin(days).to_numpy()]
   dropped = list(bundle.preprocessing.genes[:3])
   part = part[:, ~part.var_names.isin(dropped)].copy()
-  out, result = inference.annotate(bundle, part, progress=False)
+  result = annotation.annotate(bundle, part, progress=False)
+  out = result.to_adata()
   assert out.n_obs == part.n_obs and set(result.info["time_points_in_query"]) == set(days)
   assert result.info["genes_missing"] == dropped
-  np.testing.assert_allclose(out.obsm[inference.PROBABILITIES_KEY].sum(1), 1, atol=1e-5)
+  np.testing.assert_allclose(out.obsm[annotation.PROBABILITIES_KEY].sum(1), 1, atol=1e-5)
 
 
 def test_the_unassigned_rule(run):
   root, _, data, query = run
-  bundle = inference.load(root / "run")
+  bundle = rundir.load(root / "run")
   # the default threshold leaves 5% of the run's validation cells (known types) unassigned
-  val_logits = inference.predict_logits(bundle, data.val)
-  for score in calibrate.SCORES:
-    rule = inference.unassigned_rule(bundle, score)
+  val_logits = predict.predict_logits(bundle, data.val)
+  for score in unassigned.SCORES:
+    rule = unassigned.rule(bundle.calibration, score)
     assert rule.unassigned(bundle.calibrated(val_logits)).mean() == pytest.approx(0.05, abs=0.01)
-  _, given = inference.annotate(bundle, query, unassigned_score="energy", threshold=1.5, progress=False)
-  energy = calibrate.score("energy", bundle.calibrated(given.logits))
-  np.testing.assert_array_equal(given.labels == inference.UNASSIGNED, energy < 1.5)
-  _, none = inference.annotate(bundle, query, unassigned_score="none", progress=False)
-  assert inference.UNASSIGNED not in none.labels.tolist()
+  given = annotation.annotate(bundle, query, unassigned_score="energy", threshold=1.5, progress=False)
+  energy = unassigned.score("energy", bundle.calibrated(given.logits))
+  np.testing.assert_array_equal(given.labels == unassigned.UNASSIGNED, energy < 1.5)
+  none = annotation.annotate(bundle, query, unassigned_score="none", progress=False)
+  assert unassigned.UNASSIGNED not in none.labels.tolist()
   np.testing.assert_array_equal(none.labels, np.asarray(bundle.classes)[given.probabilities.argmax(1)])
   with pytest.raises(ConfigError, match="unknown unassigned score 'entropy'"):
-    inference.annotate(bundle, query, unassigned_score="entropy", progress=False)
+    annotation.annotate(bundle, query, unassigned_score="entropy", progress=False)
 
 
 def test_labels_are_the_most_probable_class_after_vector_scaling(run):
   root, _, _, query = run
-  bundle = inference.load(root / "run")
+  bundle = rundir.load(root / "run")
   classes = len(bundle.classes)
   scale, bias = np.linspace(0.5, 2.0, classes), np.linspace(-1.0, 1.0, classes)
   vector = dataclasses.replace(bundle, calibration=dict(bundle.calibration, method="vector", scale=scale.tolist(),
                                                         bias=bias.tolist()))
-  _, result = inference.annotate(vector, query, unassigned_score="none", progress=False)
+  result = annotation.annotate(vector, query, unassigned_score="none", progress=False)
   expected = calibrate.softmax(result.logits * scale + bias)
   np.testing.assert_allclose(result.probabilities, expected, atol=1e-6)
   np.testing.assert_array_equal(result.labels, np.asarray(bundle.classes)[expected.argmax(1)])
@@ -144,7 +147,7 @@ def test_refitting_the_calibration_of_an_earlier_run(run, tmp_path):
   old = {k: fitted[k] for k in ("temperature", "val_nll_before", "val_nll_after", "val_score_quantiles")}
   (workdir / "calibration.json").write_text(json.dumps(old))
   (workdir / "trust.json").write_text("{}")  # scores under the old calibration
-  assert inference.load(workdir).calibrated(np.ones((1, 2))) == pytest.approx(1.0 / old["temperature"])
+  assert rundir.load(workdir).calibrated(np.ones((1, 2))) == pytest.approx(1.0 / old["temperature"])
   trust.trained(config, workdir)
   assert not (workdir / "trust.json").exists()
   again = json.loads((workdir / "calibration.json").read_text())
@@ -157,15 +160,18 @@ def test_refitting_the_calibration_of_an_earlier_run(run, tmp_path):
   results = json.loads((workdir / "results.json").read_text())
   (workdir / "results.json").write_text(json.dumps(dict(results, val_accuracy=results["val_accuracy"] - 0.01)))
   with pytest.raises(ConfigError, match="results.json: validation accuracy"):
-    report.refit_calibration(workdir)
+    trust.refit_calibration(workdir)
   assert json.loads((workdir / "calibration.json").read_text()) == again
 
 
-def test_labels_from_a_mask():
-  probabilities = np.array([[0.6, 0.3, 0.1], [0.4, 0.35, 0.25], [0.2, 0.2, 0.6]], np.float32)
-  labels, confidence = inference.labels_from(probabilities, ("a", "b", "c"), [False, True, False])
-  assert labels.tolist() == ["a", inference.UNASSIGNED, "c"]
-  np.testing.assert_allclose(confidence, [0.6, 0.4, 0.6])
+def test_labels_are_the_top_class_unless_the_rule_leaves_a_cell_unassigned():
+  logits = np.log(np.array([[0.6, 0.3, 0.1], [0.4, 0.35, 0.25], [0.2, 0.2, 0.6]]))
+  rule = unassigned.Rule("probability", 0.5, "given")
+  prediction = predict.from_logits(logits, None, ("a", "b", "c"), rule)
+  assert prediction.labels.tolist() == ["a", unassigned.UNASSIGNED, "c"]
+  assert prediction.label_ids.tolist() == [0, -1, 2] and prediction.top_class.tolist() == [0, 0, 2]
+  np.testing.assert_allclose(prediction.confidence, [0.6, 0.4, 0.6], atol=1e-6)
+  assert predict.from_logits(logits, None, ("a", "b", "c")).labels.tolist() == ["a", "a", "c"]
 
 
 def _annotate_cli(root, query, output, *flags):
@@ -181,7 +187,7 @@ def test_the_command_writes_an_annotated_copy_and_a_summary(run, tmp_path):
   assert result.returncode == 0, result.stderr
   assert "annotated" in result.stderr and "Unassigned" in result.stderr
   out = anndata.read_h5ad(tmp_path / "out.h5ad")
-  assert (out.obs[inference.LABEL_KEY] == inference.UNASSIGNED).all()  # no probability reaches 1
+  assert (out.obs[annotation.LABEL_KEY] == unassigned.UNASSIGNED).all()  # no probability reaches 1
 
 
 def _broken(query, tmp_path, change):
@@ -209,7 +215,7 @@ def test_bad_queries_are_one_clear_error_and_write_nothing(run, tmp_path, case, 
   path = _broken(query, tmp_path, change)
   before = _sha(path)
   with pytest.raises(DataError, match=expected.replace("[", r"\[").replace("]", r"\]")) as error:
-    inference.annotate_file(root / "run", path, tmp_path / "out.h5ad", progress=False)
+    annotation.annotate_file(root / "run", path, tmp_path / "out.h5ad", progress=False)
   assert str(error.value).startswith(str(path))
   assert _sha(path) == before
   assert [p.name for p in tmp_path.iterdir()] == ["broken.h5ad"]  # no output, no temporary file left behind
@@ -229,13 +235,13 @@ def test_the_command_says_what_is_wrong_in_one_line(run, tmp_path):
 def test_refusals(run, tiny_run, tmp_path):
   root, _, _, query = run
   with pytest.raises(ConfigError, match="would overwrite the input"):
-    inference.annotate_file(root / "run", root / "query.h5ad", root / "query.h5ad")
+    annotation.annotate_file(root / "run", root / "query.h5ad", root / "query.h5ad")
   with pytest.raises(ConfigError, match="type sequences"):
-    inference.annotate(inference.load(tiny_run[0]), query)
+    annotation.annotate(rundir.load(tiny_run[0]), query)
   with pytest.raises(ConfigError, match="no such workdir"):
-    inference.load(tmp_path / "absent")
+    rundir.load(tmp_path / "absent")
   with pytest.raises(DataError, match="no donor column 'batch'"):
-    inference.annotate(inference.load(root / "run"), query, donor_key="batch")
+    annotation.annotate(rundir.load(root / "run"), query, donor_key="batch")
 
 
 def test_a_geo_folder_without_labels_is_annotated(run, simulated, tmp_path):
@@ -248,9 +254,9 @@ def test_a_geo_folder_without_labels_is_annotated(run, simulated, tmp_path):
   table = pd.read_csv(meta, sep="\t", dtype=str)
   meta.unlink()
   table.drop(columns="type").to_csv(meta, sep="\t", index=False)
-  result, _ = inference.annotate_file(root / "run", geo, tmp_path / "out.h5ad", progress=False)
+  result, _ = annotation.annotate_file(root / "run", geo, tmp_path / "out.h5ad", progress=False)
   out = anndata.read_h5ad(tmp_path / "out.h5ad")
-  assert out.n_obs == len(result.labels) and inference.LABEL_KEY in out.obs
+  assert out.n_obs == len(result.labels) and annotation.LABEL_KEY in out.obs
 
 
 def test_normalised_input_is_read_as_such(run):
@@ -258,14 +264,16 @@ def test_normalised_input_is_read_as_such(run):
   import scanpy as sc
 
   root, _, _, query = run
-  bundle = inference.load(root / "run")
-  from_counts, counts_result = inference.annotate(bundle, query, progress=False)
+  bundle = rundir.load(root / "run")
+  counts_result = annotation.annotate(bundle, query, progress=False)
+  from_counts = counts_result.to_adata()
   logged = query.copy()
   sc.pp.normalize_total(logged, target_sum=bundle.preprocessing.target_sum)
   sc.pp.log1p(logged)
-  from_log, log_result = inference.annotate(bundle, logged, progress=False)
+  log_result = annotation.annotate(bundle, logged, progress=False)
+  from_log = log_result.to_adata()
   assert (counts_result.info["normalization"], log_result.info["normalization"]) == ("counts", "log")
-  np.testing.assert_allclose(from_log.obsm[inference.PROBABILITIES_KEY],
-                             from_counts.obsm[inference.PROBABILITIES_KEY], atol=1e-5)
-  forced, _ = inference.annotate(bundle, logged, normalization="counts", progress=False)
-  assert not np.allclose(forced.obsm[inference.PROBABILITIES_KEY], from_counts.obsm[inference.PROBABILITIES_KEY])
+  np.testing.assert_allclose(from_log.obsm[annotation.PROBABILITIES_KEY],
+                             from_counts.obsm[annotation.PROBABILITIES_KEY], atol=1e-5)
+  forced = annotation.annotate(bundle, logged, normalization="counts", progress=False).to_adata()
+  assert not np.allclose(forced.obsm[annotation.PROBABILITIES_KEY], from_counts.obsm[annotation.PROBABILITIES_KEY])

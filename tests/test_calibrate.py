@@ -4,7 +4,8 @@ measures (ECE, Unassigned thresholds)."""
 import numpy as np
 import pytest
 
-from cardiac_jax import calibrate
+from cardiac_jax import calibrate, metrics, unassigned
+from cardiac_jax import workdir as rundir
 
 
 def _logits(seed, n=2000, classes=4):
@@ -69,14 +70,14 @@ def test_a_record_from_before_vector_scaling_is_a_temperature():
   t = calibrate.fit_temperature(logits, labels)
   old_energy = t * calibrate.logsumexp(logits / t)  # how the energy score was defined then
   old = {"method": "temperature", "temperature": t, "val_score_quantiles": {
-      "probability": np.quantile(calibrate.softmax(logits / t).max(1), calibrate.QUANTILES).tolist(),
-      "energy": np.quantile(old_energy, calibrate.QUANTILES).tolist()}}
+      "probability": np.quantile(calibrate.softmax(logits / t).max(1), unassigned.QUANTILES).tolist(),
+      "energy": np.quantile(old_energy, unassigned.QUANTILES).tolist()}}
   np.testing.assert_allclose(calibrate.apply(old, logits), logits / t)
   np.testing.assert_array_equal(calibrate.apply(None, logits), logits)
-  read = calibrate.upgraded(old)
-  for name in calibrate.SCORES:
-    values = calibrate.score(name, calibrate.apply(read, logits))
-    assert (values >= calibrate.threshold(read, name, 0.9)).mean() == pytest.approx(0.9, abs=0.002)
+  read = rundir.upgraded_calibration(old)
+  for name in unassigned.SCORES:
+    values = unassigned.score(name, calibrate.apply(read, logits))
+    assert (values >= unassigned.threshold(read, name, 0.9)).mean() == pytest.approx(0.9, abs=0.002)
 
 
 def test_expected_calibration_error_by_hand():
@@ -84,10 +85,10 @@ def test_expected_calibration_error_by_hand():
   labels = np.array([0, 1, 0, 1])
   # Bins of the top probability: 0.9 (twice, half right), 0.6 (right), 0.7 (right).
   expected = (2 * abs(0.5 - 0.9) + abs(1 - 0.6) + abs(1 - 0.7)) / 4
-  assert calibrate.expected_calibration_error(probabilities, labels) == pytest.approx(expected)
+  assert metrics.expected_calibration_error(probabilities, labels) == pytest.approx(expected)
   perfect = np.eye(2)[labels]
-  assert calibrate.expected_calibration_error(perfect, labels) == 0
-  assert calibrate.classwise_ece(perfect, labels) == 0
+  assert metrics.expected_calibration_error(perfect, labels) == 0
+  assert metrics.classwise_ece(perfect, labels) == 0
 
 
 def test_unassigned_thresholds_keep_the_stated_share_of_validation_cells():
@@ -95,9 +96,10 @@ def test_unassigned_thresholds_keep_the_stated_share_of_validation_cells():
   labels = rng.integers(0, 3, 1000)
   logits = 2 * rng.normal(size=(1000, 3)) + 2 * np.eye(3)[labels]
   record = calibrate.fit(logits, labels)
-  for name in calibrate.SCORES:
-    values = calibrate.score(name, calibrate.apply(record, logits))
+  record["val_score_quantiles"] = unassigned.validation_quantiles(calibrate.apply(record, logits))
+  for name in unassigned.SCORES:
+    values = unassigned.score(name, calibrate.apply(record, logits))
     for keep in (0.8, 0.95):
-      assert (values >= calibrate.threshold(record, name, keep)).mean() == pytest.approx(keep, abs=0.006)
-  energy = calibrate.score("energy", logits / 2.0)
+      assert (values >= unassigned.threshold(record, name, keep)).mean() == pytest.approx(keep, abs=0.006)
+  energy = unassigned.score("energy", logits / 2.0)
   np.testing.assert_allclose(energy, np.log(np.exp(logits / 2.0).sum(1)))

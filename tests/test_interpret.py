@@ -13,9 +13,10 @@ import optax
 import pytest
 
 from cardiac_jax import interpret, simulate
+from cardiac_jax.experiments import interpret_scores
 from cardiac_jax import model as model_lib
 from cardiac_jax.errors import ConfigError
-from configs import tiny
+from cardiac_jax.configs import tiny
 
 GENES = 6
 SMALL = dict(num_classes=3, hidden_dim=8, num_layers=1, num_heads=2, head_dims=(8,), dropout=0.0, input_dropout=0.0)
@@ -189,12 +190,12 @@ def test_precision_and_overlap():
   genes = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"]
   ranked = {"m": {"X": ["a", "z1", "b", "c"] + genes[3:], "Y": genes[::-1]}}
   truth = {"X": ("a", "b", "c", "not_an_input"), "Y": ("a",), "Z": ("a",)}
-  rows = interpret.precision_table(ranked, truth, genes).set_index("class")
+  rows = interpret_scores.precision_table(ranked, truth, genes).set_index("class")
   assert rows.loc["X", "k"] == 3 and rows.loc["X", "r_precision"] == pytest.approx(2 / 3)
   assert rows.loc["X", "precision_at_10"] == pytest.approx(0.3)
   assert rows.loc["Y", "r_precision"] == 0.0 and "Z" not in rows.index
   other = {"m": {"X": ranked["m"]["X"][:10] + ["q"] * 10, "Y": genes}}
-  overlap = interpret.top_overlap([ranked, other], top=4).set_index("class")
+  overlap = interpret_scores.top_overlap([ranked, other], top=4).set_index("class")
   assert overlap.loc["X", "top4_overlap"] == 1.0 and overlap.loc["Y", "top4_overlap"] == 0.0
 
 
@@ -236,7 +237,7 @@ def test_simulated_data_unchanged(tmp_path):
 
 def test_ground_truth_needs_the_simulated_data():
   config = tiny.get_config()
-  assert interpret.ground_truth(config) == simulate.true_genes(config.sim.n_genes, config.sim.seed)
+  assert interpret_scores.ground_truth(config) == simulate.true_genes(config.sim.n_genes, config.sim.seed)
   config.data.source = "h5ad"
   with pytest.raises(ConfigError, match="simulated"):
-    interpret.ground_truth(config)
+    interpret_scores.ground_truth(config)

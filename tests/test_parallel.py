@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 import parallel_checks
-from cardiac_jax import parallel, train
+from cardiac_jax import parallel
+from cardiac_jax import workdir as rundir
 from cardiac_jax.errors import ConfigError
-from configs import tiny
+from cardiac_jax.configs import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -23,7 +24,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def two_devices(tmp_path_factory):
   """The results of tests/parallel_checks.py, given a checkpoint saved here on one device."""
   root = tmp_path_factory.mktemp("parallel")
-  checkpoints = train.Checkpoints(root / "one_device")
+  checkpoints = rundir.Checkpoints(root / "one_device")
   checkpoints.save(1, parallel_checks.fresh_state(), {"val_accuracy": 0.5}, improved=True)
   checkpoints.close()
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
@@ -66,7 +67,7 @@ def test_checkpoints_move_between_device_counts(two_devices):
   for k in restored:
     np.testing.assert_array_equal(restored[k], expected[k], err_msg=k)
   # 2 -> 1: the subprocess's two-device checkpoint, restored here on one device.
-  state, meta = train.Checkpoints(saved_on_two).restore_latest(parallel_checks.fresh_state())
+  state, meta = rundir.Checkpoints(saved_on_two).restore_latest(parallel_checks.fresh_state())
   assert meta["val_accuracy"] == 0.5 and int(state.step) == parallel_checks.STEPS
   for path, value in jax.tree_util.tree_leaves_with_path(state.params):
     assert len(value.sharding.device_set) == 1

@@ -4,17 +4,17 @@ import jax
 import numpy as np
 import pytest
 
-from cardiac_jax import train
-from configs import tiny
+from cardiac_jax import training
+from cardiac_jax.configs import tiny
 
 
 def _states():
   config = tiny.get_config()
   config.model.hidden_dim, config.model.num_heads, config.model.head_dims = 8, 2, (8,)
   config.model.num_layers = 1
-  full = train.create_train_state(jax.random.key(0), config, 3, 6, 4)
+  full = training.create_train_state(jax.random.key(0), config, 3, 6, 4)
   config.model.dtype = "bfloat16"
-  return full, train.create_train_state(jax.random.key(0), config, 3, 6, 4)
+  return full, training.create_train_state(jax.random.key(0), config, 3, 6, 4)
 
 
 def _batch():
@@ -35,7 +35,7 @@ def test_bfloat16_computes_in_bfloat16_on_float32_parameters():
   assert logits_half.dtype == np.float32
   difference = np.abs(logits_full - logits_half).max()
   assert 0 < difference < 0.1 * np.abs(logits_full).max()  # bfloat16 rounding: about 3 significant digits
-  step = jax.jit(lambda state, batch: train.train_step(state, batch, jax.random.key(1), label_smoothing=0.1))
+  step = jax.jit(lambda state, batch: training.train_step(state, batch, jax.random.key(1), label_smoothing=0.1))
   new_state, sums = step(half, batch)
   assert {leaf.dtype for leaf in jax.tree.leaves(new_state.params)} == {np.dtype("float32")}
   assert np.isfinite(float(sums["loss"]))
@@ -45,4 +45,4 @@ def test_an_unknown_dtype_is_refused():
   config = tiny.get_config()
   config.model.dtype = "float16"
   with pytest.raises(ValueError, match="dtype must be one of"):
-    train.create_train_state(jax.random.key(0), config, 3, 6, 4)
+    training.create_train_state(jax.random.key(0), config, 3, 6, 4)

@@ -25,8 +25,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from cardiac_jax import checks, cli, dataset, inference, integrity, preprocess, report, simulate, train
-from configs import default
+from cardiac_jax import checks, cli, dataset, integrity, predict, preprocess, report, simulate, training
+from cardiac_jax import model as model_lib
+from cardiac_jax import workdir as rundir
+from cardiac_jax.configs import default
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,7 +49,7 @@ def _files(folder):
 
 def _history(workdir):
   return [{k: v for k, v in r.items() if k not in ("sequences_per_second", "seconds")}
-          for r in train.read_metrics(workdir)]
+          for r in rundir.read_metrics(workdir)]
 
 
 @pytest.fixture()
@@ -68,17 +70,17 @@ def copy(run, tmp_path):
 def test_a_non_finite_loss_stops_training_naming_epoch_and_step(config, tmp_path):
   config.train.learning_rate = 1e30
   workdir = tmp_path / "run"
-  message = _error(lambda: train.train_and_evaluate(config, workdir))
+  message = _error(lambda: training.train_and_evaluate(config, workdir))
   assert "training stopped" in message and "epoch 1, step" in message and "learning_rate" in message
   assert not (workdir / "results.json").exists() and not (workdir / "metrics.jsonl").exists()
   assert not (workdir / "checkpoints" / "latest.sha256.json").exists()  # no checkpoint of a broken epoch
 
 
 def test_non_finite_logits_are_refused_and_never_reported(run, copy):
-  bundle = inference.load(copy)
+  bundle = rundir.load(copy)
   broken = dataclasses.replace(bundle, params=jax.tree.map(lambda p: p * np.nan, bundle.params))
-  test, _ = train.load_test_sequences(copy)
-  message = _error(lambda: inference.predict_logits(broken, test))
+  test, _ = rundir.load_test_sequences(copy)
+  message = _error(lambda: predict.predict_logits(broken, test))
   assert "non-finite logits" in message and "checkpoints/best" in message
   results = copy / "nan.json"
   message = _error(lambda: integrity.check_finite_record({"test_accuracy": float("nan")}, results))
@@ -172,7 +174,7 @@ def test_duplicated_gene_names_reach_the_gene_list_once():
 @pytest.mark.parametrize("fractions", [(0.7, 0.3), (0.7, 0.3, 0.0), (0.5, 0.2, 0.1)])
 def test_split_fractions_must_be_three_positive_summing_to_one(config, tmp_path, fractions):
   config.split.fractions = fractions
-  message = _error(lambda: train.train_and_evaluate(config, tmp_path / "run"))
+  message = _error(lambda: training.train_and_evaluate(config, tmp_path / "run"))
   assert "split.fractions" in message
   assert not (tmp_path / "run").exists()
 
@@ -181,11 +183,13 @@ def test_split_fractions_must_be_three_positive_summing_to_one(config, tmp_path,
 
 def test_a_workdir_from_before_the_pytorch_layer_norm_default_keeps_its_model(copy):
   saved = json.loads((copy / "config.json").read_text())
-  for field in train.EARLIER_MODEL_DEFAULTS:
+  for field in model_lib.EARLIER_DEFAULTS["model"]:
     del saved["model"][field]
+  del saved["model_name"]
   (copy / "config.json").write_text(json.dumps(saved))
-  assert train.load_config(copy).model.layer_norm_eps == 1e-6
-  assert not train.load_config(copy).model.attention_dropout_per_sequence
+  assert rundir.load_config(copy).model.layer_norm_eps == 1e-6
+  assert not rundir.load_config(copy).model.attention_dropout_per_sequence
+  assert rundir.load_config(copy).model_name == "enhanced_rnn"
 
 
 def test_a_misspelt_field_in_a_config_file_names_the_closest(config):
@@ -193,8 +197,10 @@ def test_a_misspelt_field_in_a_config_file_names_the_closest(config):
   config.model.hiden_dim = 64
   message = _error(lambda: checks.check_fields(config, default.get_config()))
   assert "'model.hiden_dim'" in message and "did you mean 'hidden_dim'" in message
-  saved = ml_collections.ConfigDict({"hiden_dim": 3})
-  assert "did you mean 'hidden_dim'" in _error(lambda: train.create_model(saved, 7))
+  saved = ml_collections.ConfigDict({"model_name": "enhanced_rnn", "model": {"hiden_dim": 3}})
+  assert "did you mean 'hidden_dim'" in _error(lambda: model_lib.create_model(saved, 7))
+  saved.model_name = "transformer"
+  assert "model_name='transformer' must be one of ['enhanced_rnn']" in _error(lambda: model_lib.create_model(saved, 7))
 
 
 def _command(args, cwd=REPO, **kwargs):
@@ -249,8 +255,8 @@ def test_the_command_line_names_bad_flags_and_config_files(tmp_path):
     ("train.num_epochs", 0, "train.num_epochs=0"),
 ])
 def test_values_the_model_cannot_take(config, tmp_path, field, value, expected):
-  train.override(config, {field: value}) if "." in field else setattr(config, field, value)
-  message = _error(lambda: train.train_and_evaluate(config, tmp_path / "run"))
+  default.override(config, {field: value}) if "." in field else setattr(config, field, value)
+  message = _error(lambda: training.train_and_evaluate(config, tmp_path / "run"))
   assert expected in message
   assert not (tmp_path / "run").exists()
 
@@ -258,7 +264,7 @@ def test_values_the_model_cannot_take(config, tmp_path, field, value, expected):
 def test_a_workdir_that_is_a_file(config, tmp_path):
   path = tmp_path / "run"
   path.write_text("notes")
-  assert _error(lambda: train.train_and_evaluate(config, path)) == f"error: {path}: is a file, not a workdir " \
+  assert _error(lambda: training.train_and_evaluate(config, path)) == f"error: {path}: is a file, not a workdir " \
                                                                     "folder; name another --workdir"
   assert path.read_text() == "notes"
 
@@ -361,7 +367,7 @@ def test_a_second_run_on_one_workdir_is_refused_at_start(run, monkeypatch):
   before = _files(workdir)
   monkeypatch.setattr(dataset, "prepare", lambda config: pytest.fail("prepared data for a refused run"))
   with integrity.workdir_lock(workdir):
-    message = _error(lambda: train.train_and_evaluate(config, workdir))
+    message = _error(lambda: training.train_and_evaluate(config, workdir))
   assert "another run is writing to this workdir" in message
   assert _files(workdir) == before
 
@@ -388,7 +394,7 @@ def test_a_workdir_of_another_config_is_refused_before_data_preparation(copy, ru
   config.seed = 5
   before = _files(copy)
   monkeypatch.setattr(dataset, "prepare", lambda config: pytest.fail("prepared data for a refused run"))
-  assert "another config" in _error(lambda: train.train_and_evaluate(config, copy))
+  assert "another config" in _error(lambda: training.train_and_evaluate(config, copy))
   assert _files(copy) == before
 
 
@@ -461,11 +467,11 @@ def test_kill_9_mid_run_resumes_to_the_files_of_an_uninterrupted_run(run, cache_
   process.kill()
   assert process.wait(timeout=60) == -signal.SIGKILL  # killed mid-run, not finished
   assert not (workdir / "results.json").exists()
-  resumed = train.train_and_evaluate(config, workdir)
+  resumed = training.train_and_evaluate(config, workdir)
   assert _history(workdir) == _history(full)
   assert {k: v for k, v in resumed.items() if k != "seconds"} == {k: v for k, v in expected.items() if k != "seconds"}
   for name in ("calibration.json", "data.json", "preprocessing.json", "test_sequences.npz"):
     assert (workdir / name).read_bytes() == (full / name).read_bytes(), name
-  state = train.initial_state(config, dataset.prepare(config))
-  jax.tree.map(np.testing.assert_array_equal, train.restore_best_params(workdir, state.params)[0],
-               train.restore_best_params(full, state.params)[0])
+  state = training.initial_state(config, dataset.prepare(config))
+  jax.tree.map(np.testing.assert_array_equal, rundir.restore_best_params(workdir, state.params)[0],
+               rundir.restore_best_params(full, state.params)[0])

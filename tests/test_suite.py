@@ -5,13 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from cardiac_jax import baselines, dataset, suite
+from cardiac_jax import dataset
+from cardiac_jax.experiments import baselines, suite
 from cardiac_jax.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
 def data(cache_dir, simulated):
-  from configs import tiny
+  from cardiac_jax.configs import tiny
 
   config = tiny.get_config()
   config.data.cache_dir = str(cache_dir)

@@ -13,9 +13,10 @@ import numpy as np
 import optax
 import pytest
 
-from cardiac_jax import dataset, train
+from cardiac_jax import dataset, training
+from cardiac_jax import workdir as rundir
 from cardiac_jax.errors import ConfigError
-from configs import tiny
+from cardiac_jax.configs import tiny
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ def _state(dropout=0.3, classes=3, genes=6, steps=4):
   config = tiny.get_config()
   config.model.hidden_dim, config.model.num_heads, config.model.head_dims = 8, 2, (8,)
   config.model.dropout = config.model.input_dropout = dropout
-  return train.create_train_state(jax.random.key(0), config, classes, genes, steps), config
+  return training.create_train_state(jax.random.key(0), config, classes, genes, steps), config
 
 
 def _batch(n=8, steps=4, genes=6, seed=0):
@@ -41,7 +42,7 @@ def _batch(n=8, steps=4, genes=6, seed=0):
 def stepper():
   """(state, jitted train step): one state and one compiled step shared by the tests of the step."""
   state, _ = _state()
-  return state, jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(1), label_smoothing=0.1))
+  return state, jax.jit(lambda s, b: training.train_step(s, b, jax.random.key(1), label_smoothing=0.1))
 
 
 def test_one_step_changes_every_parameter(stepper):
@@ -58,7 +59,7 @@ def test_one_step_changes_every_parameter(stepper):
 def test_steps_lower_the_loss(stepper):
   state, step = stepper
   batch = _batch()
-  eval_fn = train.make_eval_step(state.apply_fn, 0.1)
+  eval_fn = training.make_eval_step(state.apply_fn, 0.1)
   loss_before = float(eval_fn(state.params, batch=batch)[0]["loss"])
   for _ in range(30):
     state, _ = step(state, batch)
@@ -75,7 +76,7 @@ def test_fill_examples_do_not_change_the_step():
   # exactly zero in theory (attention's key bias, to which softmax is blind) up to a full-size step.
   sgd = optax.sgd(1.0)
   state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
-  step = jax.jit(lambda s, b: train.train_step(s, b, jax.random.key(1), label_smoothing=0.1))
+  step = jax.jit(lambda s, b: training.train_step(s, b, jax.random.key(1), label_smoothing=0.1))
   a, sums_a = step(state, batch)
   b, sums_b = step(state, filled)
   assert max(jax.tree.leaves(jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a.params, state.params))) > 1e-4
@@ -101,11 +102,11 @@ def _torch_reduce_on_plateau(losses, lr, factor, patience, threshold=1e-4):
 
 def test_plateau_matches_pytorch():
   state, config = _state()
-  plateau = train.make_plateau(config.train)
+  plateau = training.make_plateau(config.train)
   losses = [1.0, 0.9, 0.95, 0.92, 0.91, 0.93, 0.94, 0.85, 0.86, 0.87, 0.88, 0.89, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9]
   ours = []
   for loss in losses:
-    state = train.plateau_step(state, plateau, loss)
+    state = training.plateau_step(state, plateau, loss)
     ours.append(config.train.learning_rate * float(state.plateau.scale))
   expected = _torch_reduce_on_plateau(losses, config.train.learning_rate, factor=0.5, patience=3)
   np.testing.assert_allclose(ours, expected, rtol=1e-6)
@@ -117,7 +118,7 @@ def test_early_stopping_after_patience_epochs():
   accuracies = [0.5, 0.6, 0.6, 0.55, 0.7] + [0.65] * 8
   stopped_at = None
   for epoch, accuracy in enumerate(accuracies, start=1):
-    tracker, improved = train.track_best(tracker, epoch, accuracy)
+    tracker, improved = training.track_best(tracker, epoch, accuracy)
     assert improved == (epoch in (1, 2, 5))
     if tracker["epochs_since_best"] >= 8:
       stopped_at = epoch
@@ -139,10 +140,10 @@ def runs(tmp_path_factory, tiny_run):
   full = tiny_run[2]
   config = tiny_run[1].copy_and_resolve_references()
   config.train.num_epochs = 2
-  train.train_and_evaluate(config, root / "resumed")
+  training.train_and_evaluate(config, root / "resumed")
   stopped = _history(root / "resumed")
   config.train.num_epochs = 3
-  resumed = train.train_and_evaluate(config, root / "resumed")
+  resumed = training.train_and_evaluate(config, root / "resumed")
   return root, config, full, stopped, resumed
 
 
@@ -161,7 +162,7 @@ def test_another_config_in_the_same_workdir_is_refused(runs):
   config.train.learning_rate = 0.1
   before = (root / "full" / "results.json").read_text()
   with pytest.raises(ValueError, match="another config"):
-    train.train_and_evaluate(config, root / "full")
+    training.train_and_evaluate(config, root / "full")
   assert (root / "full" / "results.json").read_text() == before
 
 
@@ -183,9 +184,9 @@ def test_eval_restores_in_a_new_process(runs, tmp_path):
   assert report["calibration"]["test_ece_after"] == pytest.approx(full["calibration"]["test_ece_after"], abs=1e-9)
   saved = np.load(workdir / "report" / "test_predictions.npz")
   data = dataset.prepare(config)
-  state = train.create_train_state(jax.random.key(0), config, len(saved["classes"]), len(data.genes), config.data.max_len)
-  params, _ = train.restore_best_params(workdir, state.params)
-  _, logits = train.predict(train.make_eval_step(state.apply_fn, 0.1), params, data.test, 16)
+  state = training.create_train_state(jax.random.key(0), config, len(saved["classes"]), len(data.genes), config.data.max_len)
+  params, _ = rundir.restore_best_params(workdir, state.params)
+  _, logits = training.evaluate_split(training.make_eval_step(state.apply_fn, 0.1), params, data.test, 16)
   np.testing.assert_allclose(saved["logits"], logits, atol=1e-5)
   np.testing.assert_array_equal(saved["labels"], data.test.labels)
   assert jnp.isfinite(logits).all()
@@ -195,15 +196,15 @@ def test_warm_start_takes_the_best_parameters_of_another_run(runs):
   root, config, *_ = runs
   config = config.copy_and_resolve_references()
   data = dataset.prepare(config)
-  fresh = train.initial_state(config, data)
+  fresh = training.initial_state(config, data)
   config.init_from = str(root / "full")
-  warm = train.initial_state(config, data)
-  best, _ = train.restore_best_params(root / "full", fresh.params)
+  warm = training.initial_state(config, data)
+  best, _ = rundir.restore_best_params(root / "full", fresh.params)
   jax.tree.map(np.testing.assert_array_equal, warm.params, best)
   assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), fresh.params, best)))
   config.init_from = str(root / "missing")
-  with pytest.raises(ConfigError, match="missing/data.json"):
-    train.initial_state(config, data)
+  with pytest.raises(ConfigError, match="missing/results.json"):
+    training.initial_state(config, data)
 
 
 # After a failed restore, Orbax's background thread reports to an event loop it has already closed.
@@ -212,15 +213,15 @@ def test_a_checkpoint_of_another_layout_is_one_clear_error(runs):
   """Parameters saved under another tree (an earlier version's LSTM layout) give a ConfigError naming the folder."""
   root, *_ = runs
   data = dataset.prepare(runs[1])
-  state = train.create_train_state(jax.random.key(0), runs[1], len(data.encoding.classes), len(data.genes), 7)
-  best, _ = train.restore_best_params(root / "full", state.params)
+  state = training.create_train_state(jax.random.key(0), runs[1], len(data.encoding.classes), len(data.genes), 7)
+  best, _ = rundir.restore_best_params(root / "full", state.params)
   renamed = dict(best, lstm_0={"forward": best["lstm_0"]["bias"]})
   with pytest.raises(ConfigError, match=r"checkpoints/best: the checkpoint of epoch \d+ does not fit"):
-    train.restore_best_params(root / "full", renamed)
+    rundir.restore_best_params(root / "full", renamed)
   reshaped = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape + (1,)), best)
   with pytest.raises(ConfigError, match="does not fit this model's parameters"):
-    train.restore_best_params(root / "full", reshaped)
-  latest = train.Checkpoints(root / "full")
+    rundir.restore_best_params(root / "full", reshaped)
+  latest = rundir.Checkpoints(root / "full")
   try:
     with pytest.raises(ConfigError, match="checkpoints/latest: the checkpoint"):
       latest.restore_latest(state.replace(params=renamed))
@@ -230,10 +231,10 @@ def test_a_checkpoint_of_another_layout_is_one_clear_error(runs):
 
 def test_balanced_class_weights_make_every_class_weigh_the_same():
   labels = np.array([0, 1, 1, 1, 2, 2])
-  weights = train.balanced_class_weights(labels, 4)
+  weights = training.balanced_class_weights(labels, 4)
   per_class = np.bincount(labels, weights=weights[labels], minlength=4)
   np.testing.assert_allclose(per_class[:3], per_class[0])  # each present class adds up to the same weight
-  weights = train.balanced_class_weights(labels, 3)
+  weights = training.balanced_class_weights(labels, 3)
   assert weights[labels].sum() == pytest.approx(len(labels))  # the mean weight of an example stays 1
 
 
@@ -243,7 +244,7 @@ def test_class_weights_steer_the_step():
   batch = _batch()
   sgd = optax.sgd(1.0)
   state = state.replace(tx=sgd, opt_state=sgd.init(state.params))
-  step = jax.jit(lambda s, b, w=None: train.train_step(s, b, jax.random.key(1), label_smoothing=0.1, class_weights=w))
+  step = jax.jit(lambda s, b, w=None: training.train_step(s, b, jax.random.key(1), label_smoothing=0.1, class_weights=w))
   plain, _ = step(state, batch)
   ones, _ = step(state, batch, jnp.ones(3))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), plain.params, ones.params)

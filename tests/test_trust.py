@@ -2,7 +2,7 @@
 
 import pytest
 
-from cardiac_jax import trust
+from cardiac_jax.experiments import trust
 from cardiac_jax.errors import ConfigError
 
 

@@ -1,6 +1,6 @@
 """A few-second run for tests: a small simulated data set and a small model."""
 
-from configs import default
+from cardiac_jax.configs import default
 
 
 def get_config():

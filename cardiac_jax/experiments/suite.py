@@ -17,8 +17,11 @@ import matplotlib.pyplot as plt
 import numpy as np
 from absl import logging
 
-from cardiac_jax import baselines, celltypist_compare, dataset, metrics, report, train
+from cardiac_jax import dataset, figures, integrity, metrics, report
+from cardiac_jax import workdir as rundir
+from cardiac_jax.configs import default as default_config
 from cardiac_jax.errors import ConfigError
+from cardiac_jax.experiments import baselines, celltypist_compare, tables
 
 # Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
 ROWS = {
@@ -61,7 +64,7 @@ def _baselines(config):
 
 
 def _with(config, overrides):
-  return train.override(config.copy_and_resolve_references(), overrides)
+  return default_config.override(config.copy_and_resolve_references(), overrides)
 
 
 def _setting(config, scales, scale, unit, seed):
@@ -74,14 +77,14 @@ def _setting(config, scales, scale, unit, seed):
 
 
 def _train_row(config, workdir):
-  """Trains one run (or finds it finished) and scores its best model through the workdir's bundle, as eval.py
-  does; returns its test accuracy, macro-F1 and training wall time."""
-  results_path = workdir / "results.json"
-  if not results_path.exists():
-    train.train_and_evaluate(config, workdir)
-  *_, scored = report.score(workdir)
-  seconds = json.loads(results_path.read_text())["seconds"]["total"]
-  return {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"], "seconds": seconds}
+  """Trains one run (or finds it finished) and scores its best model's labels as eval.py and annotate.py give
+  them (report.test_report); returns its test accuracy, macro-F1, the seed's raw-logit accuracy and the training
+  wall time."""
+  tables.trained(config, workdir)
+  *_, scored = report.test_report(rundir.load(workdir))
+  return {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
+          "raw_logit_accuracy": scored["raw_logit_accuracy"],
+          "seconds": rundir.read_results(workdir)["seconds"]["total"]}
 
 
 def run(config, workdir, seeds, rows=SEED_ROWS, scales=None):
@@ -125,8 +128,8 @@ def run(config, workdir, seeds, rows=SEED_ROWS, scales=None):
   summary, pairs = summarize(runs), paired(runs)
   elapsed = time.perf_counter() - started
   output = {"seeds": list(seeds), "wall_seconds": elapsed, "summary": summary, "paired": pairs, "runs": runs}
-  train.write_atomic(workdir / "results.json", json.dumps(output, indent=2))
-  train.write_atomic(workdir / "results.md", markdown(summary, seeds, elapsed, pairs))
+  integrity.write_atomic(workdir / "results.json", json.dumps(output, indent=2))
+  integrity.write_atomic(workdir / "results.md", markdown(summary, seeds, elapsed, pairs))
   plot(summary, workdir / "results.png")
   logging.info("suite: %d runs in %.0f s; table in %s", len(runs), elapsed, workdir / "results.md")
   return summary
@@ -138,19 +141,13 @@ def summarize(runs):
   summary = []
   for setting, method in keys:
     group = [r for r in runs if r["setting"] == setting and r["method"] == method]
-    accuracy_mean, accuracy_std = _mean_sd([r["accuracy"] for r in group])
-    macro_f1_mean, macro_f1_std = _mean_sd([r["macro_f1"] for r in group])
+    accuracy_mean, accuracy_std = tables.mean_sd([r["accuracy"] for r in group])
+    macro_f1_mean, macro_f1_std = tables.mean_sd([r["macro_f1"] for r in group])
     summary.append(dict(
         setting=setting, method=method, kind=group[0].get("kind", "model"), n=len(group), accuracy_mean=accuracy_mean, accuracy_std=accuracy_std,
         macro_f1_mean=macro_f1_mean, macro_f1_std=macro_f1_std, leakage=int(np.mean([r["leakage"] for r in group])),
     ))
   return summary
-
-
-def _mean_sd(values):
-  """(mean, sample standard deviation) of values over seeds; the deviation is 0 for a single seed."""
-  values = np.asarray(values, float)
-  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
 def paired(runs):
@@ -174,7 +171,7 @@ def paired(runs):
       row = dict(setting=setting, method=method, baseline=baseline)
       for metric in ("accuracy", "macro_f1"):
         diff = np.array([r[metric] - reference[r["seed"]][metric] for r in models if r["method"] == method])
-        mean, sd = _mean_sd(diff)
+        mean, sd = tables.mean_sd(diff)
         row.update({"n": len(diff), f"{metric}_difference_mean": mean, f"{metric}_difference_std": sd,
                     f"{metric}_wins": int((diff > 0).sum())})
       rows.append(row)
@@ -222,6 +219,4 @@ def plot(summary, path):
   ax.set_xlabel("test accuracy (mean ± sd over seeds); grey = baselines")
   ax.set_xlim(0, 1)
   ax.grid(axis="x", alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  figures.save(fig, path)

@@ -13,7 +13,7 @@ every training cell:
 - `cell_logreg`: a logistic regression on each cell's log expression of the model's genes.
 - `anchored_mean_logreg`: a logistic regression on the mean over the steps of each anchored sequence (the
   model's own input, the same context, without the sequence model).
-CellTypist, the field's per-cell reference, is in cardiac_jax/celltypist_compare.py.
+CellTypist, the field's per-cell reference, is in celltypist_compare.py beside this module.
 """
 
 import numpy as np

@@ -1,7 +1,7 @@
 """How far to trust a label: calibration on held-out donors beside CellTypist and a per-cell logistic
 regression, cells of types the model never saw, and accuracy donor by donor.
 
-Two experiments, each a loop of training runs of the annotation model (configs/annotate.py):
+Two experiments, each a loop of training runs of the annotation model (the annotate config):
 - `donors`: a leave-donors-out loop. The donors are dealt into `folds` folds (split.folds); run k holds fold k
   out as its test split and uses seed k, so every donor is a test donor exactly once. On each run's test cells:
   accuracy and macro-F1 per donor, and calibration (ECE uncalibrated, with temperature scaling, with vector
@@ -26,8 +26,11 @@ import numpy as np
 from absl import logging
 from sklearn.metrics import roc_auc_score
 
-from cardiac_jax import baselines, calibrate, celltypist_compare, dataset, inference, metrics, report, train
+from cardiac_jax import annotation, calibrate, dataset, figures, integrity, metrics, predict, report, unassigned
+from cardiac_jax import workdir as rundir
+from cardiac_jax.configs import default as default_config
 from cardiac_jax.errors import ConfigError
+from cardiac_jax.experiments import baselines, celltypist_compare, tables
 from cardiac_jax.preprocess import natural_key
 
 # Folds of the leave-donors-out loop by default: 19 donors -> test splits of 4 or 5 donors.
@@ -36,14 +39,14 @@ FOLDS = 4
 
 def fold_config(config, folds, fold):
   """The config of run `fold` of the leave-donors-out loop: test donors = fold `fold`, seed = fold."""
-  config = train.override(config.copy_and_resolve_references(), {"split.folds": folds, "split.fold": fold})
+  config = default_config.override(config.copy_and_resolve_references(), {"split.folds": folds, "split.fold": fold})
   config.seed = fold
   return config
 
 
 def unseen_config(config, cell_type):
   """The config of a run that never sees `cell_type`."""
-  return train.override(config.copy_and_resolve_references(), {"data.exclude_types": (cell_type,)})
+  return default_config.override(config.copy_and_resolve_references(), {"data.exclude_types": (cell_type,)})
 
 
 def cell_types(config, adata=None):
@@ -53,18 +56,42 @@ def cell_types(config, adata=None):
   return sorted(adata.obs[config.data.label_key].astype(str).unique())
 
 
+def refit_calibration(workdir):
+  """Fits a finished run's calibration again (calibrate.fit, with the validation quantiles of the Unassigned
+  scores) from the validation logits of its best model, and rewrites calibration.json and results.json's
+  'calibration'; returns the latter (the new record with the test NLL and ECE before and after it).
+
+  The validation split is prepared again from the run's config; it must give the validation accuracy the run
+  recorded, or the data have changed since and nothing is written.
+  """
+  bundle = rundir.load(workdir)
+  test, _ = rundir.load_test_sequences(bundle.workdir)
+  test_logits = predict.predict_logits(bundle, test)
+  val = dataset.prepare(bundle.config).val
+  val_logits = predict.predict_logits(bundle, val)
+  results = rundir.read_results(bundle.workdir)
+  accuracy = float((val_logits.argmax(1) == val.labels).mean())
+  if abs(accuracy - results["val_accuracy"]) > 1e-6:
+    raise ConfigError(f"{bundle.workdir / rundir.RESULTS}: validation accuracy {results['val_accuracy']:.6f}, but the validation "
+                      f"cells prepared again give {accuracy:.6f}; the data changed since the run, not refitted")
+  record = calibrate.fit(val_logits, val.labels)
+  record["val_score_quantiles"] = unassigned.validation_quantiles(calibrate.apply(record, val_logits))
+  writer = rundir.Writer(bundle.workdir)
+  writer.calibration(record)
+  results["calibration"] = dict(record, **calibrate.test_record(test_logits, test.labels, record))
+  writer.results(results)
+  return results["calibration"]
+
+
 def trained(config, workdir):
-  """Trains a run into workdir unless it finished there already (a run whose calibration.json predates vector
-  scaling has it fitted again, report.refit_calibration, and its scores in trust.json dropped); returns
-  workdir."""
+  """tables.trained, and a finished run whose calibration predates vector scaling has it fitted again
+  (refit_calibration) and its trust scores dropped; returns workdir."""
   workdir = pathlib.Path(workdir)
-  if not (workdir / "results.json").exists():
-    train.train_and_evaluate(config, workdir)
-  elif "vector" not in (calibrate.load(workdir) or {}):
-    logging.info("trust: %s: calibration.json predates vector scaling; fitting it again", workdir)
-    report.refit_calibration(workdir)
-    (workdir / "trust.json").unlink(missing_ok=True)
-  return workdir
+  if rundir.finished(workdir) and "vector" not in (rundir.load_calibration(workdir) or {}):
+    logging.info("trust: %s: its calibration predates vector scaling; fitting it again", workdir)
+    refit_calibration(workdir)
+    (workdir / rundir.TRUST).unlink(missing_ok=True)
+  return tables.trained(config, workdir)
 
 
 def runs(config, workdir, experiment, folds=FOLDS, types=None, adata=None):
@@ -95,8 +122,8 @@ def _cells_obs(config):
 def _calibration_row(method, confidence, correct, probabilities, labels):
   """Accuracy, top-label ECE of `confidence` against `correct`, and class-wise ECE of `probabilities`."""
   return {"method": method, "accuracy": float(np.mean(correct)),
-          "ece": calibrate.top_label_ece(confidence, correct),
-          "classwise_ece": calibrate.classwise_ece(probabilities, labels)}
+          "ece": metrics.top_label_ece(confidence, correct),
+          "classwise_ece": metrics.classwise_ece(probabilities, labels)}
 
 
 def _scored_once(path, score):
@@ -104,7 +131,7 @@ def _scored_once(path, score):
   if path.exists():
     return json.loads(path.read_text())
   result = score()
-  train.write_atomic(path, json.dumps(result, indent=2))
+  integrity.write_atomic(path, json.dumps(result, indent=2))
   return result
 
 
@@ -115,27 +142,28 @@ AS_ANNOTATED = "model, as annotate.py reports"
 def score_fold(name, config, workdir, adata):
   """One run of the donor loop scored on its test cells (kept in the run's trust.json): calibration rows,
   per-donor rows and, per method, the confidences and whether the label was right (reliability diagram)."""
-  return _scored_once(pathlib.Path(workdir) / "trust.json", lambda: _score_fold(name, config, workdir, adata))
+  return _scored_once(pathlib.Path(workdir) / rundir.TRUST, lambda: _score_fold(name, config, workdir, adata))
 
 
 def _score_fold(name, config, workdir, adata):
-  bundle, test, logits, _ = report.score(workdir)
+  bundle = rundir.load(workdir)
+  test, prediction, _ = report.test_report(bundle)
   data = dataset.prepare(config)
   if not np.array_equal(data.test.labels, test.labels):
     raise ConfigError(f"{workdir}: the test cells saved with the run differ from those prepared again")
-  labels, fitted = test.labels, bundle.calibration
-  vector = fitted["vector"]
+  labels, logits = test.labels, prediction.logits
   methods = {
       "model, uncalibrated": calibrate.softmax(logits),
-      "model, temperature scaling": calibrate.softmax(logits / fitted["temperature"]),
-      "model, vector scaling": calibrate.softmax(logits * np.asarray(vector["scale"]) + vector["bias"]),
-      AS_ANNOTATED: inference.probabilities(bundle, logits),
+      **{f"model, {m} scaling": calibrate.softmax(calibrate.apply(bundle.calibration, logits, m))
+         for m in calibrate.METHODS},
+      AS_ANNOTATED: prediction.probabilities,
       "per-cell logistic regression": baselines.cell_logreg_probabilities(data, config.seed),
   }
   confidences = {m: (p.max(1), p.argmax(1) == labels) for m, p in methods.items()}
   rows = [_calibration_row(m, *confidences[m], p, labels) for m, p in methods.items()]
-  rows[list(methods).index(AS_ANNOTATED)]["chosen"] = fitted["method"]
-  predictions = {"model": methods[AS_ANNOTATED].argmax(1),
+  rows[list(methods).index(AS_ANNOTATED)]["chosen"] = bundle.calibration["method"]
+  # The model's labels as annotate.py gives them (Unassigned a miss); the references label every cell.
+  predictions = {"model": prediction.label_ids,
                  "per-cell logistic regression": methods["per-cell logistic regression"].argmax(1)}
   if celltypist_compare.available():
     fitted = celltypist_compare.fit_and_annotate(config, data, config.seed)
@@ -164,26 +192,26 @@ def score_unseen(cell_type, config, workdir, adata):
   """One run that never saw `cell_type`: every cell of its held-out donors (the unseen type's included) is
   annotated as a new time course; returns the row of that type (AUROC and Unassigned shares per score,
   beside CellTypist's 'prob match'), kept in the run's trust.json."""
-  return _scored_once(pathlib.Path(workdir) / "trust.json",
+  return _scored_once(pathlib.Path(workdir) / rundir.TRUST,
                       lambda: _score_unseen(cell_type, config, workdir, adata))
 
 
 def _score_unseen(cell_type, config, workdir, adata):
-  bundle = inference.load(workdir)
+  bundle = rundir.load(workdir)
   data = dataset.prepare(config)
   donor_key, label_key = config.data.donor_key, config.data.label_key
   test_donors = set(adata.obs.loc[data.cell_names[data.test.anchor_cells], donor_key].astype(str))
   query = adata[adata.obs[donor_key].astype(str).isin(test_donors).to_numpy()].copy()
-  _, result = inference.annotate(bundle, query, unassigned_score="none", progress=False)
+  result = annotation.annotate(bundle, query, unassigned_score="none", progress=False)
   unseen = (query.obs[label_key].astype(str) == cell_type).to_numpy()
   known_labels = query.obs[label_key].astype(str).to_numpy()[~unseen]
   best = np.asarray(bundle.classes)[result.probabilities.argmax(1)]
   calibrated = bundle.calibrated(result.logits)
   row = {"type": cell_type, "unseen_cells": int(unseen.sum()), "known_cells": int((~unseen).sum()),
          "known_accuracy": float((best[~unseen] == known_labels).mean()), "scores": {}}
-  for name in calibrate.SCORES:
-    values = calibrate.score(name, calibrated)
-    below = values < calibrate.threshold(bundle.calibration, name)
+  for name in unassigned.SCORES:
+    values = unassigned.score(name, calibrated)
+    below = values < unassigned.threshold(bundle.calibration, name)
     row["scores"][name] = {"auroc": float(roc_auc_score(~unseen, values)),
                            "unseen_unassigned": float(below[unseen].mean()),
                            "known_unassigned": float(below[~unseen].mean())}
@@ -191,7 +219,7 @@ def _score_unseen(cell_type, config, workdir, adata):
     train_cells, _ = celltypist_compare.split_adatas(config, data)
     model = celltypist_compare.train_model(train_cells, config.seed)
     labels, top = celltypist_compare.prob_match(model, celltypist_compare.log_normalised(query))
-    below = labels == inference.UNASSIGNED
+    below = labels == unassigned.UNASSIGNED
     row["scores"][CELLTYPIST_PROB_MATCH] = {"auroc": float(roc_auc_score(~unseen, top)),
                                             "unseen_unassigned": float(below[unseen].mean()),
                                             "known_unassigned": float(below[~unseen].mean())}
@@ -223,8 +251,8 @@ def donor_loop(config, workdir, folds=FOLDS):
             "chosen_calibration": {r["run"]: r["chosen"] for r in calibration if "chosen" in r},
             "per_donor": per_donor, "worst_donor": _worst(per_donor)}
   out = pathlib.Path(workdir).expanduser()
-  train.write_atomic(out / "donors.json", json.dumps(record, indent=2))
-  train.write_atomic(out / "donors.md", donors_markdown(record))
+  integrity.write_atomic(out / "donors.json", json.dumps(record, indent=2))
+  integrity.write_atomic(out / "donors.md", donors_markdown(record))
   plot_donors(per_donor, out / "donors.png")
   plot_reliability(pooled, out / "reliability.png")
   return record
@@ -239,10 +267,10 @@ def unseen_types(config, workdir, types=None):
     logging.info("trust: unseen type %s", name)
     trained(run_config, run_dir)
     rows.append(score_unseen(name, run_config, run_dir, adata))
-  record = {"keep_known": calibrate.KEEP_KNOWN, "wall_seconds": time.perf_counter() - started, "types": rows}
+  record = {"keep_known": unassigned.KEEP_KNOWN, "wall_seconds": time.perf_counter() - started, "types": rows}
   out = pathlib.Path(workdir).expanduser()
-  train.write_atomic(out / "unseen.json", json.dumps(record, indent=2))
-  train.write_atomic(out / "unseen.md", unseen_markdown(record))
+  integrity.write_atomic(out / "unseen.json", json.dumps(record, indent=2))
+  integrity.write_atomic(out / "unseen.md", unseen_markdown(record))
   plot_unseen(rows, out / "unseen.png")
   return record
 
@@ -252,11 +280,7 @@ def _summary(rows, key, fields):
   out = []
   for value in dict.fromkeys(r[key] for r in rows):
     group = [r for r in rows if r[key] == value]
-    entry = {key: value, "n": len(group)}
-    for field in fields:
-      values = np.array([r[field] for r in group], float)
-      entry[field] = [float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0]
-    out.append(entry)
+    out.append({key: value, "n": len(group), **{f: list(tables.mean_sd([r[f] for r in group])) for f in fields}})
   return out
 
 
@@ -326,9 +350,7 @@ def plot_donors(per_donor, path):
   ax.set(ylabel="accuracy on the donor's cells", ylim=(0, 1), title="held-out donors (leave-donors-out loop)")
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8, loc="lower right")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 def plot_reliability(pooled, path):
@@ -336,16 +358,14 @@ def plot_reliability(pooled, path):
   fig, ax = plt.subplots(figsize=(5.5, 5.5))
   ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="perfectly calibrated")
   for method, (confidence, correct) in pooled.items():
-    count, mean_confidence, accuracy = calibrate.reliability(confidence, correct)
+    count, mean_confidence, accuracy = metrics.reliability(confidence, correct)
     used = count > 0
     ax.plot(mean_confidence[used], accuracy[used], marker="o", markersize=3,
-            label=f"{method}: ECE {calibrate.top_label_ece(confidence, correct):.3f}")
+            label=f"{method}: ECE {metrics.top_label_ece(confidence, correct):.3f}")
   ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="test cells of every fold")
   ax.grid(alpha=0.3)
   ax.legend(loc="upper left", fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  figures.save(fig, path)
 
 
 def plot_unseen(rows, path):
@@ -361,6 +381,4 @@ def plot_unseen(rows, path):
   ax.set(xlabel="type left out of training", ylabel="AUROC, known vs unseen cells", ylim=(0, 1))
   ax.grid(axis="y", alpha=0.3)
   ax.legend(fontsize=8, loc="lower right")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  figures.save(fig, path)

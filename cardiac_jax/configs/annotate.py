@@ -6,7 +6,7 @@ Train it, then label any time course with annotate.py:
   python annotate.py --workdir=runs/annotate --input=query.h5ad --output=annotated.h5ad
 """
 
-from configs import default
+from cardiac_jax.configs import default
 
 # The settings that make configs/default.py's model an annotation model (the suite's 'annotate' scale).
 ANNOTATE = {

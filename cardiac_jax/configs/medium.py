@@ -1,6 +1,6 @@
 """Seed stage 2: 2,000 temporal sequences per type, 1,000 spatial, 40 epochs, lr 0.001."""
 
-from configs import default
+from cardiac_jax.configs import default
 
 
 def get_config():

@@ -3,9 +3,9 @@
 Read `../shared/design/seed-notes.md` for where these readings of the seed come from.
 """
 
-import ml_collections
+import json
 
-from cardiac_jax.train import override
+import ml_collections
 
 # GSE175634's seven differentiation days, in order.
 GSE175634_DAYS = ("day0", "day1", "day3", "day5", "day7", "day11", "day15")
@@ -18,6 +18,19 @@ SCALES = {
 }
 
 
+def override(config, dotted):
+  """config with the fields of `dotted` ({'section.field': value}, as the scales and the suite give them) set."""
+  for key, value in dotted.items():
+    section, field = key.split(".")
+    config[section][field] = value
+  return config
+
+
+def to_json(config):
+  """A config as the JSON text a workdir keeps (config.json)."""
+  return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
 def with_scale(config, scale):
   """config with the numbers of one of the seed's stages (SCALES) set."""
   return override(config, SCALES[scale])
@@ -27,6 +40,8 @@ def get_config():
   """The seed's method with its base-scale numbers, on the built-in simulated data."""
   config = ml_collections.ConfigDict()
   config.seed = 0
+  # The network, by name in model.MODELS.
+  config.model_name = "enhanced_rnn"
   # Warm start from another run's best checkpoint (progressive scaling): a workdir, or ''.
   config.init_from = ""
 

@@ -1,0 +1,38 @@
+"""cardiac-jax annotate --workdir=runs/annotate --input=query.h5ad --output=annotated.h5ad
+
+Labels every cell of a new time course (an .h5ad or a GSE175634-layout GEO folder, with a time column; no labels
+needed; never modified) into an annotated copy. The label is the most probable class after the run's calibration,
+or 'Unassigned' when the cell's score is below a threshold chosen on the run's validation cells (README,
+"Annotate a new time course").
+"""
+
+from absl import flags
+
+from cardiac_jax import annotation, preprocess, unassigned
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A run trained with a per-cell sequence mode (--config=annotate).",
+                    required=True)
+flags.DEFINE_string("input", None, "The time course to label: an .h5ad file or a GSE175634-layout GEO folder.",
+                    required=True)
+flags.DEFINE_string("output", None, "Where to write the annotated copy (.h5ad); never the input.", required=True)
+flags.DEFINE_string("time_key", None, "obs column of the time points; default: the run's data.time_key.")
+flags.DEFINE_string("donor_key", None, "obs column of the donor: context comes from each cell's own donor. "
+                    "Default: the run's data.donor_key if the input has it; '' for none.")
+flags.DEFINE_string("gene_key", None, "var column of gene names; default: var_names.")
+flags.DEFINE_enum("normalization", "auto", preprocess.NORMALIZATIONS,
+                  "What X holds: auto (detected as training does), counts, linear (FPKM/TPM) or log.")
+flags.DEFINE_enum("unassigned_score", unassigned.DEFAULT_SCORE, unassigned.RULE_SCORES,
+                  "The score of the calibrated logits that decides 'Unassigned': energy (logsumexp), probability "
+                  "(top probability) or none (every cell labelled).")
+flags.DEFINE_float("keep_known", unassigned.KEEP_KNOWN, "Without --threshold: the threshold keeps this share of "
+                   "the run's validation cells (known types, held-out donors) assigned.")
+flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unassigned' (overrides --keep_known).")
+flags.DEFINE_string("geo_matrix", "counts", "For a GEO folder: 'counts' or 'sctransform'.")
+
+
+def main():
+  annotation.annotate_file(
+      FLAGS.workdir, FLAGS.input, FLAGS.output, time_key=FLAGS.time_key, donor_key=FLAGS.donor_key,
+      gene_key=FLAGS.gene_key, normalization=FLAGS.normalization, unassigned_score=FLAGS.unassigned_score,
+      threshold=FLAGS.threshold, keep_known=FLAGS.keep_known, geo_matrix=FLAGS.geo_matrix)

@@ -1,0 +1,23 @@
+"""The shipped configs, by name: default (every number the seed names), base, medium and large (its three
+stages), annotate (the recommended annotation model) and tiny (a seconds-long run for tests)."""
+
+import importlib
+import pathlib
+
+from cardiac_jax.errors import ConfigError
+
+FOLDER = pathlib.Path(__file__).parent
+NAMES = ("default", "base", "medium", "large", "annotate", "tiny")
+
+
+def path(name):
+  """The file of the shipped config `name` ('annotate', 'annotate.py' or 'configs/annotate.py'), or None."""
+  stem = pathlib.PurePath(name).stem if str(name).endswith(".py") else str(name)
+  return FOLDER / f"{stem}.py" if stem in NAMES else None
+
+
+def get(name):
+  """A fresh ConfigDict of the shipped config `name`."""
+  if path(name) is None:
+    raise ConfigError(f"config: no shipped config named {name!r}; known: {list(NAMES)}")
+  return importlib.import_module(f"cardiac_jax.configs.{path(name).stem}").get_config()

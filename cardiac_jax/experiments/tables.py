@@ -1,0 +1,26 @@
+"""What the experiments share: mean and sd over seeds or runs, one number format for them, and "train unless the
+run finished"."""
+
+import numpy as np
+
+from cardiac_jax import training
+from cardiac_jax import workdir as rundir
+
+
+def mean_sd(values):
+  """(mean, sample standard deviation) of values over seeds or runs; the deviation is 0 for a single value."""
+  values = np.asarray(values, float)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def pm(values, digits=4):
+  """'mean ± sd' of values (mean_sd), e.g. '0.7951 ± 0.0229'."""
+  mean, sd = mean_sd(values)
+  return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def trained(config, workdir):
+  """Trains a run into workdir unless it finished there already; returns workdir."""
+  if not rundir.finished(workdir):
+    training.train_and_evaluate(config, workdir)
+  return workdir

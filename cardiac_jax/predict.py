@@ -1,0 +1,155 @@
+"""Bundle + sequences -> logits, calibrated probabilities and labels: the one prediction path.
+
+Everything that labels cells goes through here, so a cell gets the same label wherever it is labelled: eval.py's
+report and results.json, annotate.py, the trust and suite experiments, interpret.py. A label is the most
+probable class after the run's calibration (calibrate.apply), or 'Unassigned' where the run's rule says so
+(unassigned.Rule; by default, for per-cell runs, the score below the threshold that keeps 95% of the validation
+cells assigned). Metrics are elsewhere (metrics.py); training's own validation uses its eval step.
+"""
+
+import dataclasses
+
+import numpy as np
+from tqdm import tqdm
+
+from cardiac_jax import batches as batching
+from cardiac_jax import calibrate, integrity, parallel, unassigned
+from cardiac_jax.errors import ConfigError
+from cardiac_jax.model import predict_step
+from cardiac_jax.sequences import anchored_sequences, cell_sequences
+from cardiac_jax.workdir import CHECKPOINTS
+
+# Cells whose sequences are built and predicted at a time when labelling a query (bounds memory at atlas
+# size), and sequences per forward pass there (the logits of a sequence do not depend on its batch).
+QUERY_CHUNK = 20_000
+QUERY_BATCH = 256
+
+
+def make_predict_fn(apply_fn, data_parallel=None):
+  """predict_step jitted once for a model: (params, batch) -> logits [batch, classes], numpy batches split over
+  the devices of `data_parallel` (default: every device, parallel.data_parallel())."""
+  data_parallel = data_parallel or parallel.data_parallel()
+  step = lambda params, batch: predict_step(params, apply_fn, batch)
+  return data_parallel.feeding(data_parallel.jit(step, batch_arg=1), batch_arg=1)
+
+
+def predict_logits(bundle, sequences, predict_fn=None, batch_size=None):
+  """[n, classes] float32 logits of every sequence, in batches (default: the run's batch size, rounded up to a
+  multiple of the device count; the fill is masked out); needs no labels."""
+  predict_fn = predict_fn or make_predict_fn(bundle.apply_fn)
+  if not len(sequences):
+    return np.zeros((0, len(bundle.classes)), np.float32)
+  outputs = []
+  batch_size = parallel.data_parallel().round_batch_size(batch_size or bundle.batch_size)
+  for batch in batching.iterate(sequences, batch_size, steps=batching.used_steps(sequences)):
+    logits = np.asarray(predict_fn(bundle.params, {"x": batch["x"], "lengths": batch["lengths"]}))
+    outputs.append(logits[batch["mask"] > 0])
+  logits = np.concatenate(outputs)
+  integrity.check_finite_logits(logits, bundle.workdir / CHECKPOINTS / "best")
+  return logits
+
+
+def default_rule(bundle):
+  """The Unassigned rule a run's labels get unless told otherwise: for per-cell runs with validation score
+  quantiles, the default score below the threshold that keeps unassigned.KEEP_KNOWN of the validation cells
+  assigned; for the seed's type sequences (not an annotation model) and older runs, none."""
+  if bundle.sequence_mode == "type" or not (bundle.calibration or {}).get("val_score_quantiles"):
+    return unassigned.NO_RULE
+  return unassigned.rule(bundle.calibration, where=bundle.workdir)
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+  """What the model says of each of n cells (or sequences).
+
+  Attributes:
+    logits: [n, classes] float32, before calibration.
+    probabilities: [n, classes] float32 calibrated probabilities.
+    label_ids: [n] int class id of the label, -1 where Unassigned.
+    top_class: [n] int most probable class after calibration (every cell labelled).
+    confidence: [n] float32 probability of the most probable class.
+    classes: class names, in logit order.
+    rule: the unassigned.Rule that decided Unassigned.
+  """
+
+  logits: np.ndarray
+  probabilities: np.ndarray
+  label_ids: np.ndarray
+  top_class: np.ndarray
+  confidence: np.ndarray
+  classes: tuple
+  rule: unassigned.Rule
+
+  @property
+  def labels(self):
+    """[n] object array of class names, 'Unassigned' where the rule says so."""
+    names = np.asarray(list(self.classes) + [unassigned.UNASSIGNED], dtype=object)
+    return names[np.where(self.label_ids >= 0, self.label_ids, len(self.classes))]
+
+  @property
+  def unassigned(self):
+    return self.label_ids < 0
+
+
+def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE):
+  """The Prediction of logits [n, classes] under a calibration record and an Unassigned rule."""
+  calibrated = calibrate.apply(calibration, logits)
+  probabilities = calibrate.softmax(calibrated).astype(np.float32)
+  top = probabilities.argmax(1) if len(probabilities) else np.zeros(0, np.int64)
+  confidence = probabilities.max(1) if len(probabilities) else np.zeros(0, np.float32)
+  label_ids = np.where(rule.unassigned(calibrated), -1, top)
+  return Prediction(np.asarray(logits, np.float32), probabilities, label_ids, top, confidence, tuple(classes), rule)
+
+
+def predict(bundle, sequences, rule=None):
+  """The Prediction of a bundle for Sequences (default rule: `default_rule(bundle)`)."""
+  logits = predict_logits(bundle, sequences)
+  return from_logits(logits, bundle.calibration, bundle.classes, default_rule(bundle) if rule is None else rule)
+
+
+def check_can_annotate(bundle):
+  """Raises unless the run builds its sequences without labels (per-cell modes), as labelling new cells needs."""
+  if bundle.sequence_mode == "type":
+    raise ConfigError(
+        f"{bundle.workdir}: this model was trained on the seed's type sequences (data.sequence_mode='type'), "
+        "which are built from known labels; train with configs/annotate.py (anchored) or "
+        "--config.data.sequence_mode=cell to annotate new cells")
+
+
+def query_sequences(bundle, x, embedding, times, cells, groups=None):
+  """The model's sequences for `cells` of a query (per-cell modes only), context from the whole query.
+
+  Args:
+    x: [cells, genes] log expression of the query (`Preprocessing.transform`); embedding: its context space.
+    times: [cells] time-point indices; cells: rows to build sequences for; groups: [cells] donor, or None.
+  """
+  data = bundle.config.data
+  if bundle.sequence_mode == "cell":
+    return cell_sequences(x, cells, max_len=data.max_len)
+  everyone = np.arange(len(x))
+  return anchored_sequences(x, embedding, times, cells, everyone, n_times=len(bundle.time_points),
+                            k=data.context_k, max_len=data.max_len, groups=groups)
+
+
+def predict_cell_logits(bundle, x, times, groups=None, progress=True, data_parallel=None):
+  """[cells, classes] float32 logits of every cell of a query, `QUERY_CHUNK` cells at a time.
+
+  Args:
+    x: [cells, genes] the query's log expression (`Preprocessing.transform`); times: [cells] time indices;
+    groups: [cells] donor of each cell (context then comes from the cell's own donor), or None.
+    data_parallel: the parallel.DataParallel whose devices share each batch (default: every device).
+  """
+  check_can_annotate(bundle)
+  embedding = bundle.preprocessing.embed(x) if bundle.sequence_mode == "anchored" else None
+  if groups is not None:
+    groups = np.unique(np.asarray(groups), return_inverse=True)[1]  # codes once, not once per chunk
+  predict_fn = make_predict_fn(bundle.apply_fn, data_parallel)
+  out = np.zeros((len(x), len(bundle.classes)), np.float32)
+  bar = tqdm(total=len(x), desc="annotating", unit="cells", disable=None if progress else True, leave=False)
+  for lo in range(0, len(x), QUERY_CHUNK):
+    cells = np.arange(lo, min(lo + QUERY_CHUNK, len(x)))
+    sequences = query_sequences(bundle, x, embedding, times, cells, groups)
+    out[cells] = predict_logits(bundle, sequences, predict_fn, min(QUERY_BATCH, len(x)))
+    bar.update(len(cells))
+  bar.close()
+  return out

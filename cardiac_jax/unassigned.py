@@ -1,0 +1,102 @@
+"""When a cell is 'Unassigned': scores of how much a cell looks like the training types, and the rule that
+leaves the unlike ones without a label.
+
+`SCORES` are per-cell numbers of the calibrated logits (calibrate.apply), higher for cells like the training
+types: 'probability', the top probability; 'energy', the logsumexp of the calibrated logits (the negative free
+energy, Liu et al. 2020), which keeps the logits' scale that the softmax throws away. A run keeps the quantiles
+of each score on its validation cells (held-out donors, all of known types) with its calibration, so that a
+threshold can be chosen that keeps a stated share of known cells assigned (`threshold`).
+"""
+
+import dataclasses
+import math
+
+import numpy as np
+
+from cardiac_jax import calibrate
+from cardiac_jax.errors import ConfigError
+
+UNASSIGNED = "Unassigned"
+SCORES = {
+    "probability": lambda calibrated: calibrate.softmax(calibrated).max(-1),
+    "energy": calibrate.logsumexp,
+}
+# The validation quantiles of every score kept beside the calibration: 0%, 0.5%, ..., 100%.
+QUANTILES = np.linspace(0.0, 1.0, 201)
+# The score that decides 'Unassigned' unless told otherwise: the one that separated cells of types left out of
+# training from known ones better in the trust experiment's leave-one-type-out runs (docs/trust.md).
+DEFAULT_SCORE = "energy"
+# The share of known cells (validation) kept assigned by default.
+KEEP_KNOWN = 0.95
+# The rule's score names: a score, or 'none' (every cell gets its most probable class).
+RULE_SCORES = ("none",) + tuple(SCORES)
+
+
+def score(name, calibrated):
+  """[n] float64 score `name` (one of SCORES) of each row of calibrated logits [n, classes]."""
+  if name not in SCORES:
+    raise ConfigError(f"unknown unassigned score {name!r}; known: {list(SCORES)}")
+  return np.asarray(SCORES[name](np.asarray(calibrated, np.float64)), np.float64)
+
+
+def validation_quantiles(calibrated):
+  """{score name: the QUANTILES of that score} over validation cells' calibrated logits [n, classes]."""
+  return {name: np.quantile(score(name, calibrated), QUANTILES).tolist() for name in SCORES}
+
+
+def threshold(record, name, keep=KEEP_KNOWN):
+  """The score `name` below which a cell is 'Unassigned', chosen so that a share `keep` of the validation cells
+  (all of types the model knows) stay assigned: the (1 - keep) quantile of their scores (record: a calibration
+  record with 'val_score_quantiles')."""
+  if not 0 < keep <= 1:
+    raise ConfigError(f"the share of known cells to keep must lie in (0, 1], got {keep}")
+  return float(np.interp(1.0 - keep, QUANTILES, record["val_score_quantiles"][name]))
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """A cell is 'Unassigned' when its score (SCORES, of its calibrated logits) is below threshold.
+
+  Attributes:
+    score: a name in SCORES, or 'none' (every cell gets its most probable class).
+    threshold: the score below which a cell is Unassigned.
+    chosen_by: how the threshold was chosen, in words (for the output's uns and the log).
+  """
+
+  score: str
+  threshold: float
+  chosen_by: str
+
+  def unassigned(self, calibrated):
+    """[cells] bool: the cells this rule leaves unassigned, from their calibrated logits [cells, classes]."""
+    if self.score == "none":
+      return np.zeros(len(calibrated), bool)
+    return score(self.score, calibrated) < self.threshold
+
+  def record(self):
+    """JSON-ready: the score, the threshold (None where there is none) and how it was chosen."""
+    return {"score": self.score, "threshold": self.threshold if math.isfinite(self.threshold) else None,
+            "chosen_by": self.chosen_by}
+
+
+NO_RULE = Rule("none", float("-inf"), "no cell is left unassigned")
+
+
+def rule(calibration, score_name=DEFAULT_SCORE, threshold_value=None, keep_known=KEEP_KNOWN, where="<run>"):
+  """The Rule for a run's calibration record: `threshold_value` as given, or else the threshold that keeps a share
+  `keep_known` of the run's validation cells assigned. `where` names the run in errors."""
+  if score_name not in RULE_SCORES:
+    raise ConfigError(f"unknown unassigned score {score_name!r}; known: {list(RULE_SCORES)}")
+  if score_name == "none":
+    return NO_RULE
+  if threshold_value is not None:
+    if not math.isfinite(threshold_value):
+      raise ConfigError(f"the Unassigned threshold must be a finite number, got {threshold_value}")
+    return Rule(score_name, float(threshold_value), "given")
+  if not 0 < keep_known <= 1:
+    raise ConfigError(f"keep_known must lie in (0, 1], got {keep_known}")
+  if not calibration or "val_score_quantiles" not in calibration:
+    raise ConfigError(f"{where}: its calibration has no validation scores (a run of an earlier version); "
+                      "give the threshold instead (--threshold)")
+  return Rule(score_name, threshold(calibration, score_name, keep_known),
+              f"keeps {keep_known:.0%} of the validation cells (known types) assigned")
