@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardiac_jax import annotation, calibrate, dataset, predict, readers, training, unassigned
+from cardiac_jax import annotation, calibrate, dataset, predict, readers, report, training, unassigned
 from cardiac_jax import workdir as rundir
 from cardiac_jax.experiments import trust
 from cardiac_jax.errors import ConfigError, DataError
@@ -77,6 +77,32 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   query = anndata.read_h5ad(root / "query.h5ad")
   assert (out.X != query.X).nnz == 0  # the copy keeps the data as they were
   assert list(result.info["classes"]) == list(bundle.classes)
+
+
+def test_eval_and_annotate_give_every_test_cell_the_same_label(run, tmp_path):
+  """One prediction path: eval's report, results.json and annotate.py label the held-out cells alike, Unassigned
+  included; the seed's raw-logit accuracy stays beside the labels' own."""
+  root, *_ = run
+  workdir = tmp_path / "run"
+  shutil.copytree(root / "run", workdir)
+  report_json = report.evaluate(workdir)
+  with np.load(workdir / "report" / "test_predictions.npz") as saved:
+    predicted, labels, logits = saved["predicted"], saved["labels"], saved["logits"]
+  annotation.annotate_file(workdir, root / "query.h5ad", tmp_path / "out.h5ad", progress=False)
+  annotated = anndata.read_h5ad(tmp_path / "out.h5ad")
+  bundle = rundir.load(workdir)
+  names = np.asarray(list(bundle.classes) + [unassigned.UNASSIGNED], dtype=object)
+  given = annotated.obs[annotation.LABEL_KEY].astype(str).to_numpy()
+  np.testing.assert_array_equal(names[np.where(predicted >= 0, predicted, len(bundle.classes))], given)
+  assert 0 < (predicted < 0).sum() < len(predicted)  # the default rule leaves some cells Unassigned
+  assert report_json["accuracy"] == pytest.approx(((predicted == labels) & (predicted >= 0)).mean())
+  assert report_json["unassigned"] == pytest.approx((predicted < 0).mean())
+  assert report_json["raw_logit_accuracy"] == pytest.approx((logits.argmax(1) == labels).mean())
+  assert report_json["top_class_accuracy"] >= report_json["accuracy"]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["test_accuracy"] == pytest.approx(report_json["accuracy"])
+  assert results["test_macro_f1"] == pytest.approx(report_json["macro_f1"])
+  assert results["test_raw_logit_accuracy"] == pytest.approx(report_json["raw_logit_accuracy"])
 
 
 def test_shuffled_genes_and_cells_give_the_same_labels(run):
