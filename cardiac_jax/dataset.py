@@ -384,7 +384,7 @@ def _per_cell_split(j):
 
 def _cell_sequences(j):
   """Every cell of a split alone, one step: the no-context ablation."""
-  return [cell_sequences(j.x, cells, j.labels, max_len=j.config.data.max_len) for cells in _per_cell_split(j)]
+  return [cell_sequences(j.x, j.times, cells, j.labels, max_len=j.config.data.max_len) for cells in _per_cell_split(j)]
 
 
 def _anchored_sequences(j):

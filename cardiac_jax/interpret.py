@@ -45,9 +45,10 @@ from absl import logging
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import dataset, figures, integrity, predict
+from cardiac_jax import figures, integrity, predict
 from cardiac_jax import workdir as rundir
-from cardiac_jax.errors import ConfigError, DataError
+from cardiac_jax.errors import ConfigError
+from cardiac_jax.sequences import valid_steps
 
 # Integrated gradients: 64 Gauss-Legendre points, crowded near the baseline (alpha = u ** 3). Measured on a base run
 # (8 sequences): the largest completeness error was 3.2 with 32 plain points, 0.14 with these, against logit
@@ -105,7 +106,7 @@ def make_attribution_fn(apply_fn, params, n_genes, steps=IG_STEPS, power=None):
   alphas, weights = path_points(steps, power)
 
   def attribute(x, lengths, targets):
-    valid = batching_mask(lengths, x.shape[1])[..., None]
+    valid = valid_steps(lengths, x.shape[1], jnp)[..., None]
     genes = gene_channels(x, n_genes)
     baseline = x * (1.0 - genes)
     delta = x - baseline
@@ -120,11 +121,6 @@ def make_attribution_fn(apply_fn, params, n_genes, steps=IG_STEPS, power=None):
     }
 
   return jax.jit(attribute)
-
-
-def batching_mask(lengths, steps):
-  """[b, steps] bool, True at valid steps."""
-  return jnp.arange(steps)[None, :] < lengths[:, None]
 
 
 def make_attention_fn(apply_fn, params):
@@ -147,7 +143,7 @@ def pooled_attention(weights, lengths, anchor, pooling):
   weights = np.asarray(weights)
   if pooling == "anchor":
     return weights[np.arange(len(weights)), :, anchor, :]
-  valid = (np.arange(weights.shape[2])[None, :] < lengths[:, None]).astype(weights.dtype)
+  valid = valid_steps(lengths, weights.shape[2]).astype(weights.dtype)
   return np.einsum("bhqk,bq->bhk", weights, valid) / lengths[:, None, None]
 
 
@@ -241,7 +237,7 @@ def by_day(values, times, labels, n_classes, n_times):
 
 def day_table(result, labels, times, classes, time_points):
   """Long table (class, time_point, quantity, value): attention per head and averaged, and the share of the
-  absolute integrated-gradients attribution, by time point. times: [n, steps] of `step_times`."""
+  absolute integrated-gradients attribution, by time point. times: [n, steps] time-point index of each step (Sequences.times)."""
   used = result["integrated_gradients"].shape[1]
   times = times[:, :used]
   magnitude = np.abs(result["integrated_gradients"]).sum(-1)
@@ -311,26 +307,6 @@ def plot_by_day(days, classes, time_points, path):
   figures.save(fig, path)
 
 
-def step_times(bundle, names):
-  """[n, steps] time-point index of the cell at each step of the test sequences (-1 at padding).
-
-  names: [n, max_len] obs names of those cells ("" at padding), as train.py saved them. The times are read from
-  the run's data (its time column), since the sequences keep the cells' names, not their days.
-  """
-  adata, _ = dataset.load(bundle.config)
-  index = {t: i for i, t in enumerate(bundle.time_points)}
-  times = adata.obs[bundle.config.data.time_key].astype(str).map(index)
-  lookup = pd.Series(times.to_numpy(), index=adata.obs_names.astype(str))
-  lookup = lookup[~lookup.index.duplicated()]
-  flat = lookup.reindex(names.ravel()).to_numpy()
-  unknown = (names.ravel() != "") & pd.isna(flat)
-  if unknown.any():
-    raise DataError(adata.uns.get("source_path", bundle.config.data.path),
-                    f"{int(unknown.sum())} cells of the saved test sequences are not in the run's data (or have no "
-                    "known time point); was the data changed since training?")
-  return np.where(names.ravel() != "", np.nan_to_num(flat, nan=-1), -1).astype(np.int64).reshape(names.shape)
-
-
 def first_per_class(keep, labels, limit):
   """[n] bool: `keep`, restricted to the first `limit` kept sequences of each class (all with limit None)."""
   if limit is None:
@@ -347,7 +323,7 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
   docstring). Returns the summary (also summary.json)."""
   started = time.perf_counter()
   bundle = rundir.load(workdir)
-  test, names = rundir.load_test_sequences(bundle.workdir)
+  test, _ = rundir.load_test_sequences(bundle.workdir)
   labelled_right = predict.predict(bundle, test).label_ids == test.labels
   right = first_per_class(labelled_right, test.labels, max_per_class)
   correct = test.take(right)
@@ -365,7 +341,7 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
   table = pd.concat([
       ranking_table(method, gene_scores(values, correct.labels, len(classes), len(genes)), classes, genes)
       for method, values in attributions.items()], ignore_index=True)
-  days = day_table(result, correct.labels, step_times(bundle, names[right]), classes, bundle.time_points)
+  days = day_table(result, correct.labels, correct.times, classes, bundle.time_points)
   summary = {
       "workdir": str(bundle.workdir),
       "baseline": "gene channels 0 (each sequence's own mean after the per-sequence z-score); anchor channel and "

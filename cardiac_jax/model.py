@@ -36,19 +36,7 @@ import jax.numpy as jnp
 
 from cardiac_jax.checks import closest
 from cardiac_jax.errors import ConfigError
-
-
-def valid_mask(lengths, steps):
-  """Which steps of each sequence are real rather than padding.
-
-  Args:
-    lengths: `[batch]` int, number of valid steps of each sequence (padding is at the end).
-    steps: the padded number of steps.
-
-  Returns:
-    `[batch, steps]` bool, True at the first `lengths[b]` steps of row `b`.
-  """
-  return jnp.arange(steps)[None, :] < jnp.asarray(lengths)[:, None]
+from cardiac_jax.sequences import valid_steps
 
 
 def count_params(params: Any) -> int:
@@ -359,7 +347,7 @@ class EnhancedCardiacRNN(nn.Module):
     Returns:
       `[batch, num_classes]` logits.
     """
-    mask = valid_mask(lengths, x.shape[1])  # [batch, steps]
+    mask = valid_steps(lengths, x.shape[1], jnp)  # [batch, steps]
     if self.dtype not in DTYPES:
       raise ValueError(f"dtype must be one of {tuple(DTYPES)}, not {self.dtype!r}")
     dtype = DTYPES[self.dtype]

@@ -125,7 +125,7 @@ def query_sequences(bundle, x, embedding, times, cells, groups=None):
   """
   data = bundle.config.data
   if bundle.sequence_mode == "cell":
-    return cell_sequences(x, cells, max_len=data.max_len)
+    return cell_sequences(x, times, cells, max_len=data.max_len)
   everyone = np.arange(len(x))
   return anchored_sequences(x, embedding, times, cells, everyone, n_times=len(bundle.time_points),
                             k=data.context_k, max_len=data.max_len, groups=groups)

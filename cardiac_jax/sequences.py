@@ -55,6 +55,12 @@ class LabelEncoding:
     return cls(tuple(json.loads(text)["classes"]))
 
 
+def valid_steps(lengths, steps, xp=np):
+  """[n, steps] bool, True at the first lengths[i] steps of row i (padding is at the end); `xp` is numpy or
+  jax.numpy, so the model's masks and the data's are one rule."""
+  return xp.arange(steps)[None, :] < xp.asarray(lengths)[:, None]
+
+
 @dataclasses.dataclass(frozen=True)
 class Sequences:
   """A set of padded sequences.
@@ -68,6 +74,7 @@ class Sequences:
       sequence's context steps, the nearest of the cells averaged there.
     spatial: [n] bool, True for chains of Visium spots.
     anchor: [n] int32 step of the labelled cell in per-cell sequences (anchored, cell), -1 in type sequences.
+    times: [n, max_len] int32 time-point index of each step (-1 at padding and at spatial steps).
   """
 
   x: np.ndarray
@@ -76,6 +83,7 @@ class Sequences:
   cell_ids: np.ndarray
   spatial: np.ndarray
   anchor: np.ndarray
+  times: np.ndarray
 
   def __len__(self):
     return len(self.labels)
@@ -89,7 +97,7 @@ class Sequences:
   @property
   def mask(self):
     """[n, max_len] bool, True at valid steps."""
-    return np.arange(self.x.shape[1])[None, :] < self.lengths[:, None]
+    return valid_steps(self.lengths, self.x.shape[1])
 
   def take(self, index):
     return Sequences(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
@@ -111,7 +119,7 @@ def standardize_and_pad(steps, lengths, max_len):
     constant sequence becomes zeros) and zeros at padded steps.
   """
   n, width, genes = steps.shape
-  valid = (np.arange(width)[None, :] < lengths[:, None])[:, :, None]
+  valid = valid_steps(lengths, width)[:, :, None]
   count = lengths.astype(np.float64) * genes
   mean = np.where(valid, steps, 0).sum((1, 2), dtype=np.float64) / count
   centred = np.where(valid, steps - mean[:, None, None], 0)
@@ -154,16 +162,18 @@ def temporal_sequences(x, labels, times, pool, *, n_per_class, n_classes, max_le
             cell_ids=padded_ids,
             spatial=np.zeros(n_per_class, bool),
             anchor=np.full(n_per_class, -1, np.int32),
+            times=_padded_times(np.tile(days, (n_per_class, 1)), max_len),
         )
     )
   return Sequences.concatenate(parts)
 
 
-def cell_sequences(x, cells, labels=None, *, max_len):
+def cell_sequences(x, times, cells, labels=None, *, max_len):
   """One sequence per cell of `cells`, the cell alone: [len(cells), max_len, genes], length 1 (no context).
 
   Args:
-    x: [cells, genes] log expression; cells: [n] rows of x; labels: [cells] int class ids, or None (-1).
+    x: [cells, genes] log expression; times: [cells] time-point indices; cells: [n] rows of x; labels: [cells]
+      int class ids, or None (-1).
   """
   cells = np.asarray(cells, np.int64)
   n = len(cells)
@@ -176,7 +186,15 @@ def cell_sequences(x, cells, labels=None, *, max_len):
       cell_ids=ids,
       spatial=np.zeros(n, bool),
       anchor=np.zeros(n, np.int32),
+      times=_padded_times(np.asarray(times, np.int32)[cells][:, None], max_len),
   )
+
+
+def _padded_times(times, max_len):
+  """[n, max_len] int32: time indices [n, steps] (-1 where a sequence has ended) padded with -1."""
+  out = np.full((len(times), max_len), -1, np.int32)
+  out[:, : times.shape[1]] = times
+  return out
 
 
 def _labels_of(labels, cells):
@@ -251,7 +269,8 @@ def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_le
   order = np.argsort(~present, axis=1, kind="stable")
   lengths = present.sum(1).astype(np.int32)
   steps = np.take_along_axis(steps, order[:, :, None], 1)
-  ids = np.where(np.arange(n_times)[None, :] < lengths[:, None], np.take_along_axis(ids, order, 1), -1)
+  ids = np.where(valid_steps(lengths, n_times), np.take_along_axis(ids, order, 1), -1)
+  step_times = np.where(valid_steps(lengths, n_times), order, -1)
   anchor_step = (present[np.arange(n)[:, None], np.arange(n_times)[None, :]] & (np.arange(n_times)[None, :] < anchor_time[:, None])).sum(1)
   padded_ids = np.full((n, max_len), -1, np.int64)
   padded_ids[:, :n_times] = ids
@@ -260,7 +279,7 @@ def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_le
   out[np.arange(n), anchor_step, genes] = 1.0
   return Sequences(
       x=out, lengths=lengths, labels=_labels_of(labels, anchors), cell_ids=padded_ids,
-      spatial=np.zeros(n, bool), anchor=anchor_step.astype(np.int32),
+      spatial=np.zeros(n, bool), anchor=anchor_step.astype(np.int32), times=_padded_times(step_times, max_len),
   )
 
 
@@ -338,5 +357,6 @@ def spatial_sequences(spot_x, rows, cols, spot_labels, *, n, chain_len, max_len,
       cell_ids=np.full((n, max_len), -1, np.int64),
       spatial=np.ones(n, bool),
       anchor=np.full(n, -1, np.int32),
+      times=np.full((n, max_len), -1, np.int32),
   )
   return sequences, chains

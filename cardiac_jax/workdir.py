@@ -29,10 +29,11 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import pandas as pd
 
-from cardiac_jax import calibrate, integrity, parallel, preprocess
+from cardiac_jax import calibrate, dataset, integrity, parallel, preprocess
 from cardiac_jax.configs import default as default_config
-from cardiac_jax.errors import ConfigError
+from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.model import EARLIER_DEFAULTS, create_model
 from cardiac_jax.sequences import Sequences
 
@@ -93,7 +94,28 @@ def load_test_sequences(workdir):
     raise ConfigError(f"{path}: not found; a workdir of an earlier version of cardiac_jax? train again")
   integrity.check_test_digest(path, integrity.read_json(workdir / DATA))
   with np.load(path) as saved:
-    return Sequences(*(saved[f.name] for f in dataclasses.fields(Sequences))), saved["cell_names"]
+    fields = {f.name: saved[f.name] for f in dataclasses.fields(Sequences) if f.name in saved}
+    names = saved["cell_names"]
+  if "times" not in fields:  # format 1 kept no per-step times
+    fields["times"] = _times_of_cells(load_config(workdir), integrity.read_json(workdir / DATA), names)
+  return Sequences(**fields), names
+
+
+def _times_of_cells(config, record, names):
+  """[n, steps] time-point index of the cells named at each step (-1 where none is), read from the run's data: the
+  shim for test splits saved without per-step times."""
+  adata, _ = dataset.load(config)
+  index = {t: i for i, t in enumerate(record["time_points"])}
+  times = adata.obs[config.data.time_key].astype(str).str.strip().map(index)
+  lookup = pd.Series(times.to_numpy(), index=adata.obs_names.astype(str))
+  lookup = lookup[~lookup.index.duplicated()]
+  flat = lookup.reindex(names.ravel()).to_numpy()
+  unknown = (names.ravel() != "") & pd.isna(flat)
+  if unknown.any():
+    raise DataError(adata.uns.get("source_path", config.data.path),
+                    f"{int(unknown.sum())} cells of the saved test sequences are not in the run's data (or have no "
+                    "known time point); was the data changed since training?")
+  return np.where(names.ravel() != "", np.nan_to_num(flat, nan=-1), -1).astype(np.int32).reshape(names.shape)
 
 
 def upgraded_calibration(record):

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from cardiac_jax import model as model_lib
+from cardiac_jax.sequences import valid_steps
 
 GENES = 12
 SMALL = dict(num_classes=3, hidden_dim=8, num_layers=2, num_heads=2, head_dims=(8, 4))
@@ -24,7 +25,7 @@ def _inputs(seed, batch, steps, lengths):
   """Random `[batch, steps, GENES]` inputs whose padded steps are zero, and `[batch]` lengths."""
   lengths = jnp.asarray(lengths, jnp.int32)
   x = jax.random.normal(jax.random.key(seed), (batch, steps, GENES))
-  return jnp.where(model_lib.valid_mask(lengths, steps)[..., None], x, 0.0), lengths
+  return jnp.where(valid_steps(lengths, steps, jnp)[..., None], x, 0.0), lengths
 
 
 def _perturbed(params, seed):
@@ -44,10 +45,11 @@ def _assert_trees_close(actual, expected, atol):
 class HelpersTest(absltest.TestCase):
 
   def test_valid_mask(self):
-    mask = model_lib.valid_mask(jnp.array([3, 1, 4]), 4)
-    np.testing.assert_array_equal(
-        mask, [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
-    self.assertEqual(mask.dtype, jnp.bool_)
+    for xp in (jnp, np):  # one rule for the model's masks and the data's
+      mask = valid_steps(xp.array([3, 1, 4]), 4, xp)
+      np.testing.assert_array_equal(
+          mask, [[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+      self.assertEqual(mask.dtype, xp.bool_)
 
   def test_count_params(self):
     tree = {'a': {'kernel': jnp.zeros((3, 4)), 'bias': jnp.zeros(4)},
@@ -145,7 +147,7 @@ class EnhancedCardiacRNNTest(chex.TestCase):
   def test_padded_values_do_not_matter(self):
     x, lengths = _inputs(4, 3, 5, [5, 2, 1])
     noise = 100.0 * jax.random.normal(jax.random.key(5), x.shape)
-    noisy = jnp.where(model_lib.valid_mask(lengths, 5)[..., None], x, noise)
+    noisy = jnp.where(valid_steps(lengths, 5, jnp)[..., None], x, noise)
     self.assertGreater(float(jnp.abs(noisy - x).max()), 1.0)
     np.testing.assert_allclose(
         self._logits(noisy, lengths), self._logits(x, lengths), atol=1e-5)
@@ -162,7 +164,7 @@ class EnhancedCardiacRNNTest(chex.TestCase):
     layer = model_lib.LSTMLayer(hidden_dim=8, bidirectional=True)
     apply = jax.jit(layer.apply)
     x, lengths = _inputs(8, 2, 6, [4, 2])
-    x = x + jnp.where(model_lib.valid_mask(lengths, 6)[..., None], 0.0, 3.0)
+    x = x + jnp.where(valid_steps(lengths, 6, jnp)[..., None], 0.0, 3.0)
     variables = jax.jit(layer.init)(jax.random.key(9), x, lengths)
     padded = apply(variables, x, lengths)
     chex.assert_shape(padded, (2, 6, 16))
@@ -297,7 +299,7 @@ class FusedLSTMTest(parameterized.TestCase):
     """Longer than FULL_UNROLL_STEPS (a partly unrolled scan that the unroll does not divide)."""
     steps = model_lib.FULL_UNROLL_STEPS + 3
     x, lengths = _inputs(15, 4, steps, [steps, 1, 11, steps - 1])
-    mask = model_lib.valid_mask(lengths, steps)[..., None]
+    mask = valid_steps(lengths, steps, jnp)[..., None]
     weights = jax.random.normal(jax.random.key(16), (4, steps, 16))
 
     def loss(variables, impl):

@@ -181,6 +181,22 @@ def test_split_fractions_must_be_three_positive_summing_to_one(config, tmp_path,
 
 # 2. Never a traceback for a user's mistake.
 
+def test_a_test_split_saved_without_per_step_times_reads_them_from_the_data(copy):
+  """Format 1 kept no per-step times with the test split: the shim reads each named cell's time point."""
+  test, names = rundir.load_test_sequences(copy)
+  assert (test.times[test.mask] >= 0).all() and (test.times[~test.mask] == -1).all()
+  path = copy / "test_sequences.npz"
+  with np.load(path) as saved:
+    older = {key: saved[key] for key in saved.files if key != "times"}
+  np.savez(path, **older)
+  record = json.loads((copy / "data.json").read_text())
+  record["test_sequences_sha256"] = integrity.file_digest(path)
+  del record["format_version"]
+  (copy / "data.json").write_text(json.dumps(record))
+  again, _ = rundir.load_test_sequences(copy)
+  np.testing.assert_array_equal(again.times, test.times)
+
+
 def test_a_workdir_from_before_the_pytorch_layer_norm_default_keeps_its_model(copy):
   saved = json.loads((copy / "config.json").read_text())
   for field in model_lib.EARLIER_DEFAULTS["model"]:

@@ -28,6 +28,8 @@ def test_temporal_sequences():
     ids = seqs.cell_ids[i, : seqs.lengths[i]]
     assert (labels[ids] == seqs.labels[i]).all()  # every cell has the sequence's type
     assert (np.diff(times[ids]) > 0).all()  # one cell per time point, in time order
+    np.testing.assert_array_equal(seqs.times[i, : seqs.lengths[i]], times[ids])  # each step's time point
+    assert (seqs.times[i, seqs.lengths[i] :] == -1).all()
     assert (seqs.cell_ids[i, seqs.lengths[i] :] == -1).all()
     valid = seqs.x[i, : seqs.lengths[i]]
     np.testing.assert_allclose(valid.mean(), 0, atol=1e-5)
@@ -119,7 +121,7 @@ def _padded(lengths, max_len, genes=3, seed=0):
   return sequences.Sequences(
       x=x, lengths=lengths, labels=np.arange(len(lengths), dtype=np.int32) % 2,
       cell_ids=np.full((len(lengths), max_len), -1, np.int64), spatial=np.zeros(len(lengths), bool),
-      anchor=np.full(len(lengths), -1, np.int32))
+      anchor=np.full(len(lengths), -1, np.int32), times=np.full((len(lengths), max_len), -1, np.int32))
 
 
 def test_batches_cut_to_the_used_steps_keep_every_valid_value():
@@ -161,6 +163,7 @@ def test_anchored_sequences_take_context_without_labels():
   assert built.x.shape == (3, 5, genes + 1)
   np.testing.assert_array_equal(built.lengths, [3, 3, 3])
   np.testing.assert_array_equal(built.anchor, times[anchors])
+  np.testing.assert_array_equal(built.times, np.tile([0, 1, 2, -1, -1], (3, 1)))  # every day, in order
   np.testing.assert_array_equal(built.anchor_cells, anchors)
   np.testing.assert_array_equal(built.labels, [-1, -1, -1])  # no labels were given or needed
   for i, a in enumerate(anchors):
@@ -181,13 +184,15 @@ def test_anchored_sequences_take_context_without_labels():
   short = sequences.anchored_sequences(x, embedding, times, np.array([45]), np.flatnonzero(times != 1), n_times=3,
                                        k=2, max_len=5)
   assert short.lengths[0] == 2 and short.anchor[0] == 1 and short.x[0, 1, -1] == 1
+  np.testing.assert_array_equal(short.times[0], [0, 2, -1, -1, -1])
 
 
 def test_cell_sequences_are_single_cells():
   x = np.arange(12, dtype=np.float32).reshape(4, 3)
-  built = sequences.cell_sequences(x, np.array([2, 0]), np.array([5, 6, 7, 8]), max_len=3)
+  built = sequences.cell_sequences(x, np.array([0, 1, 2, 1]), np.array([2, 0]), np.array([5, 6, 7, 8]), max_len=3)
   np.testing.assert_array_equal(built.labels, [7, 5])
   np.testing.assert_array_equal(built.lengths, [1, 1])
   np.testing.assert_array_equal(built.anchor_cells, [2, 0])
+  np.testing.assert_array_equal(built.times, [[2, -1, -1], [0, -1, -1]])
   np.testing.assert_allclose(built.x[0, 0], (x[2] - x[2].mean()) / x[2].std(), atol=1e-6)
   assert not built.x[:, 1:].any()

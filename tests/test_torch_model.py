@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cardiac_jax import model as model_lib
+from cardiac_jax.sequences import valid_steps
 
 torch = pytest.importorskip("torch")
 from benchmarks import torch_model  # noqa: E402
@@ -21,7 +22,7 @@ def _logits(layer_norm_eps):
   flax_model = model_lib.EnhancedCardiacRNN(layer_norm_eps=layer_norm_eps, **SIZES)
   lengths = jnp.array([7, 1, 4, 6, 2], jnp.int32)
   x = jax.random.normal(jax.random.key(0), (5, STEPS, GENES))
-  x = jnp.where(model_lib.valid_mask(lengths, STEPS)[..., None], x, 0.0)
+  x = jnp.where(valid_steps(lengths, STEPS, jnp)[..., None], x, 0.0)
   params = flax_model.init(jax.random.key(1), x, lengths, train=False)["params"]
   # Larger biases and scales than the initial ones, so LayerNorm and attention are not near the identity.
   params = jax.tree.map(lambda p: p + 0.3 * jax.random.normal(jax.random.key(p.size), p.shape), params)
