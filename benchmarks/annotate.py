@@ -28,7 +28,7 @@ query.h5ad and writing an annotated .h5ad:
   celltypist        as CellTypist's documentation does it: anndata.read_h5ad, sc.pp.normalize_total(target_sum=
                     1e4), sc.pp.log1p, celltypist.annotate(adata, model=<Model>, majority_voting=False),
                     predictions.to_adata().write_h5ad(<tmp>.h5ad)
-  stages            (not in the default --steps) annotate.py's library call, inference.annotate_file, with the
+  stages            (not in the default --steps) annotate.py's library call, annotation.annotate_file, with the
                     functions it calls wrapped to add up their seconds and note the peak memory so far: where the
                     time and memory go; then prediction alone at other batch sizes
 
@@ -99,7 +99,7 @@ def training_overrides(args):
 
 def training_config(args):
   """configs/annotate.py with `training_overrides`: its simulated data are both models' training data."""
-  from configs import annotate, default
+  from cardiac_jax.configs import annotate, default
 
   return default.override(annotate.get_config(), training_overrides(args))
 
@@ -110,7 +110,7 @@ def training_config(args):
 def step_query(args, geo_dir):
   """The GEO folder -> an unlabelled query.h5ad (setup)."""
   from cardiac_jax import readers
-  from cardiac_jax.train import write_atomic
+  from cardiac_jax.integrity import write_atomic
 
   stages = Stages()
   adata = readers.read_geo(geo_dir)
@@ -182,7 +182,7 @@ def step_stages(args, output):
   import numpy as np
 
   started = time.perf_counter()
-  from cardiac_jax import inference, preprocess, readers, sequences
+  from cardiac_jax import annotation, predict, preprocess, readers, sequences, workdir
 
   import_seconds = time.perf_counter() - started
   timings, kept = {}, {}
@@ -210,8 +210,8 @@ def step_stages(args, output):
     setattr(owner, name, wrapper)
 
   def timed_predict_fn(make):
-    def wrapper(apply_fn):
-      fn = make(apply_fn)
+    def wrapper(apply_fn, data_parallel=None):
+      fn = make(apply_fn, data_parallel)
       first = []
 
       def call(params, batch):
@@ -227,17 +227,17 @@ def step_stages(args, output):
 
     return wrapper
 
-  timed(inference, "load", "load the model (restore the checkpoint)")
+  timed(workdir, "load", "load the model (restore the checkpoint)")
   timed(readers, "read_h5ad", "open the h5ad backed (obs, var)")
   timed(preprocess.Preprocessing, "transform", "transform (X in row blocks -> [cells, 200] log expression)")
   timed(preprocess.Preprocessing, "embed", "embed (context space)")
-  timed(inference, "query_sequences", "build anchored sequences", keep=True)
+  timed(predict, "query_sequences", "build anchored sequences", keep=True)
   timed(sequences, "nearest", "  of which nearest neighbours")
   timed(sequences, "standardize_and_pad", "  of which standardize_and_pad")
-  timed(inference, "predict_logits", "predict (batches of the training batch size)")
-  inference.make_predict_fn = timed_predict_fn(inference.make_predict_fn)
-  timed(inference, "_write_annotated_copy", "write (byte copy of the input + annotation)")
-  result, seconds = inference.annotate_file(paths(args)["model"], paths(args)["query"], output, progress=False)
+  timed(predict, "predict_logits", "predict (batches of the training batch size)")
+  predict.make_predict_fn = timed_predict_fn(predict.make_predict_fn)
+  timed(annotation, "_write_annotated_copy", "write (byte copy of the input + annotation)")
+  result, seconds = annotation.annotate_file(paths(args)["model"], paths(args)["query"], output, progress=False)
   rows = [{"stage": "import cardiac_jax", "seconds": round(import_seconds, 2), "calls": 1}]
   order = ["load the model", "open the h5ad", "transform", "embed", "build", "  of which nearest", "  of which stand",
            "predict", "  of which compile", "write"]
@@ -252,15 +252,15 @@ def step_stages(args, output):
           f"{row.get('peak_gb_so_far', 0):.2f} GB", file=sys.stderr, flush=True)
 
   # Prediction alone at other batch sizes (one warm-up call compiles each); logits against the training batch's.
-  bundle = inference.load(paths(args)["model"])
+  bundle = workdir.load(paths(args)["model"])
   first = kept["build anchored sequences"]
   rates, logits = {}, {}
   for batch in sorted({bundle.batch_size, 256, 1024, 4096}):
     other = dataclasses.replace(bundle, record={**bundle.record, "batch_size": batch})
-    fn = inference.make_predict_fn(bundle.apply_fn)
-    inference.predict_logits(other, first.take(np.arange(min(batch, len(first)))), fn)
+    fn = predict.make_predict_fn(bundle.apply_fn)
+    predict.predict_logits(other, first.take(np.arange(min(batch, len(first)))), fn)
     t0 = time.perf_counter()
-    logits[batch] = inference.predict_logits(other, first, fn)
+    logits[batch] = predict.predict_logits(other, first, fn)
     rates[batch] = round(len(first) / (time.perf_counter() - t0), 1)
     print(f"    predict at batch {batch}: {rates[batch]:,.0f} sequences/s", file=sys.stderr, flush=True)
   differences = {b: float(np.abs(v - logits[bundle.batch_size]).max()) for b, v in logits.items()}

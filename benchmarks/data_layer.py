@@ -30,7 +30,7 @@ FULL_GENES = 38_847
 
 
 def config_for(args, geo_dir, reuse):
-  from configs import default
+  from cardiac_jax.configs import default
 
   config = default.with_scale(default.get_config(), args.scale)
   config.data.source = "geo"

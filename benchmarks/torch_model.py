@@ -3,7 +3,7 @@
 The model is the seed-notes table: 1,386,375 parameters with 200 genes (PyTorch's LSTM has two biases per
 gate, Flax's one). It computes what `cardiac_jax.model.EnhancedCardiacRNN` computes: the LSTM reads packed
 sequences, so the backward direction starts at each sequence's last valid step; attention ignores padded
-keys; pooling averages valid steps. The step is the seed's recipe as `cardiac_jax.train` runs it: AdamW
+keys; pooling averages valid steps. The step is the seed's recipe as `cardiac_jax.training` runs it: AdamW
 (weight decay 0.01, eps 1e-8) after global-norm clipping at 1.0, cross-entropy with label smoothing 0.1.
 
 Needs the `bench` extra: pip install -e '.[bench]' (torch 2.13.0, CPU build).

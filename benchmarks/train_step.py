@@ -4,7 +4,7 @@
 
 Times a full train step (forward, backward, clipping, AdamW) of the seed's model (200 genes, 7 classes,
 default config) at batch 16 and 64, on batches of 7 valid steps padded to 7 (no padding) and to 100 (the
-seed's padding). JAX runs `cardiac_jax.train.train_step`, jitted with the state donated and compiled ahead
+seed's padding). JAX runs `cardiac_jax.training.train_step`, jitted with the state donated and compiled ahead
 of time as training compiles it; PyTorch runs benchmarks/torch_model.py. Every contender sees the same
 numpy batches. After a warm-up, each round times every contender in turn (A B C A B C ...) for about
 `--seconds`; the table gives medians over rounds, so slow phases of a shared machine hit all alike.
@@ -41,8 +41,8 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from cardiac_jax import train as train_lib  # noqa: E402
-from configs import default  # noqa: E402
+from cardiac_jax import training as train_lib  # noqa: E402
+from cardiac_jax.configs import default  # noqa: E402
 import torch_model  # noqa: E402
 
 GENES = 200

@@ -25,6 +25,7 @@ from absl import logging
 
 from cardiac_jax import calibrate, integrity, predict, preprocess, readers, unassigned, workdir
 from cardiac_jax.errors import ConfigError, DataError
+from cardiac_jax.sequences import MODES
 
 LABEL_KEY = "cardiac_jax_label"
 CONFIDENCE_KEY = "cardiac_jax_confidence"
@@ -78,7 +79,7 @@ def validate_query(bundle, adata, path, time_key=None, donor_key=None):
     donor_key = data.donor_key if data.donor_key in obs.columns else ""
   elif donor_key and donor_key not in obs.columns:
     raise DataError(path, f"obs has no donor column {donor_key!r}; columns are {list(obs.columns)}")
-  use_groups = donor_key and data.context_by_donor and bundle.sequence_mode == "anchored"
+  use_groups = donor_key and data.context_by_donor and MODES[bundle.sequence_mode].context
   groups = obs[donor_key].astype(str).to_numpy() if use_groups else None
   return Query(times, groups, donor_key if use_groups else "")
 
@@ -215,7 +216,6 @@ def annotate_file(run, input_path, output_path, *, time_key=None, donor_key=None
   if not output_path.parent.is_dir():
     raise ConfigError(f"{output_path.parent}: the output's folder does not exist")
   bundle = run if isinstance(run, workdir.Bundle) else workdir.load(run)
-  predict.check_can_annotate(bundle)
   rule = unassigned.rule(bundle.calibration, unassigned_score, threshold, keep_known, where=bundle.workdir)
   settings = dict(time_key=time_key, donor_key=donor_key, gene_key=gene_key, normalization=normalization, rule=rule,
                   progress=progress)

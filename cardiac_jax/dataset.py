@@ -18,6 +18,7 @@ from cardiac_jax import integrity, preprocess, readers, simulate
 from cardiac_jax import split as splitting
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import (
+    MODES,
     LabelEncoding,
     Sequences,
     anchored_sequences,
@@ -284,7 +285,7 @@ def _prepare(config):
   journey = _Journey(config, x, labels, times, donors, cell_split, fitted, classes, len(time_points), rng, path)
   parts = SEQUENCE_MODES[data.sequence_mode](journey)
   spatial_report = None
-  if data.n_spatial > 0 and visium_path and data.sequence_mode == "type":
+  if data.n_spatial > 0 and visium_path and not MODES[data.sequence_mode].per_cell:
     chains, spatial_report = _spatial(
         config, visium_path, x, labels, train_cells, genes, len(classes), len(time_points), rng
     )
@@ -366,14 +367,14 @@ def _type_sequences(j):
 def check_sequence_mode(config):
   """Raises ConfigError for an unknown data.sequence_mode, or a per-cell mode with the seed's sequence split."""
   mode = config.data.sequence_mode
-  if mode not in SEQUENCE_MODES:
-    raise ConfigError(f"data.sequence_mode must be one of {tuple(SEQUENCE_MODES)}, got {mode!r}")
-  if mode != "type" and config.split.unit == "sequence":
+  if mode not in MODES:
+    raise ConfigError(f"data.sequence_mode must be one of {tuple(MODES)}, got {mode!r}")
+  if MODES[mode].per_cell and config.split.unit == "sequence":
     raise ConfigError(f"data.sequence_mode={mode!r} labels cells: split.unit must be 'cell' or 'donor' "
                       "(the 'sequence' unit splits the seed's type sequences)")
-  if mode == "anchored" and config.data.context_k < 1:
+  if MODES[mode].context and config.data.context_k < 1:
     raise ConfigError(f"data.context_k must be at least 1, got {config.data.context_k}")
-  if config.model.pooling == "anchor" and mode != "anchored":
+  if config.model.pooling == "anchor" and not MODES[mode].context:
     raise ConfigError(f"model.pooling='anchor' reads the anchor channel of anchored sequences; with "
                       f"data.sequence_mode={mode!r} use model.pooling='mean'")
 
@@ -405,4 +406,4 @@ SEQUENCE_MODES = {"type": _type_sequences, "anchored": _anchored_sequences, "cel
 
 def test_unit(config):
   """What one test example is: a type sequence (the seed's mode) or a cell (per-cell modes)."""
-  return "sequence" if config.data.sequence_mode == "type" else "cell"
+  return "cell" if MODES[config.data.sequence_mode].per_cell else "sequence"

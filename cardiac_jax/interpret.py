@@ -48,7 +48,7 @@ from cardiac_jax import batches as batching
 from cardiac_jax import figures, integrity, predict
 from cardiac_jax import workdir as rundir
 from cardiac_jax.errors import ConfigError
-from cardiac_jax.sequences import valid_steps
+from cardiac_jax.sequences import MODES, valid_steps
 
 # Integrated gradients: 64 Gauss-Legendre points, crowded near the baseline (alpha = u ** 3). Measured on a base run
 # (8 sequences): the largest completeness error was 3.2 with 32 plain points, 0.14 with these, against logit
@@ -335,7 +335,7 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
   result["steps"] = steps
   classes, genes = list(bundle.classes), list(bundle.record["genes"])
   attributions = {method: result[method] for method in ("integrated_gradients", "gradient_x_input")}
-  if bundle.sequence_mode == "anchored":
+  if MODES[bundle.sequence_mode].context:
     attributions["integrated_gradients_own_step"] = own_step(result["integrated_gradients"], correct.anchor)
     attributions["gradient_own_step"] = own_step(result["gradient"], correct.anchor)
   table = pd.concat([
@@ -353,7 +353,7 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
       "max_per_class": max_per_class,
       "explained_per_class": {c: int((correct.labels == i).sum()) for i, c in enumerate(classes)},
   }
-  if bundle.sequence_mode == "anchored":
+  if MODES[bundle.sequence_mode].context:
     shares = own_step_share(result, correct)
     summary["anchored"] = {
         "own_step_share_of_abs_attribution": float(shares["own_share"].mean()),

@@ -16,7 +16,7 @@ from cardiac_jax import batches as batching
 from cardiac_jax import calibrate, integrity, parallel, unassigned
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import predict_step
-from cardiac_jax.sequences import anchored_sequences, cell_sequences
+from cardiac_jax.sequences import MODES, anchored_sequences, cell_sequences
 from cardiac_jax.workdir import CHECKPOINTS
 
 # Cells whose sequences are built and predicted at a time when labelling a query (bounds memory at atlas
@@ -53,7 +53,7 @@ def default_rule(bundle):
   """The Unassigned rule a run's labels get unless told otherwise: for per-cell runs with validation score
   quantiles, the default score below the threshold that keeps unassigned.KEEP_KNOWN of the validation cells
   assigned; for the seed's type sequences (not an annotation model) and older runs, none."""
-  if bundle.sequence_mode == "type" or not (bundle.calibration or {}).get("val_score_quantiles"):
+  if not MODES[bundle.sequence_mode].per_cell or not (bundle.calibration or {}).get("val_score_quantiles"):
     return unassigned.NO_RULE
   return unassigned.rule(bundle.calibration, where=bundle.workdir)
 
@@ -109,7 +109,7 @@ def predict(bundle, sequences, rule=None):
 
 def check_can_annotate(bundle):
   """Raises unless the run builds its sequences without labels (per-cell modes), as labelling new cells needs."""
-  if bundle.sequence_mode == "type":
+  if not MODES[bundle.sequence_mode].per_cell:
     raise ConfigError(
         f"{bundle.workdir}: this model was trained on the seed's type sequences (data.sequence_mode='type'), "
         "which are built from known labels; train with configs/annotate.py (anchored) or "
@@ -124,7 +124,7 @@ def query_sequences(bundle, x, embedding, times, cells, groups=None):
     times: [cells] time-point indices; cells: rows to build sequences for; groups: [cells] donor, or None.
   """
   data = bundle.config.data
-  if bundle.sequence_mode == "cell":
+  if not MODES[bundle.sequence_mode].context:
     return cell_sequences(x, times, cells, max_len=data.max_len)
   everyone = np.arange(len(x))
   return anchored_sequences(x, embedding, times, cells, everyone, n_times=len(bundle.time_points),
@@ -132,15 +132,15 @@ def query_sequences(bundle, x, embedding, times, cells, groups=None):
 
 
 def predict_cell_logits(bundle, x, times, groups=None, progress=True, data_parallel=None):
-  """[cells, classes] float32 logits of every cell of a query, `QUERY_CHUNK` cells at a time.
+  """[cells, classes] float32 logits of every cell of a query (a per-cell run: check_can_annotate), `QUERY_CHUNK`
+  cells at a time.
 
   Args:
     x: [cells, genes] the query's log expression (`Preprocessing.transform`); times: [cells] time indices;
     groups: [cells] donor of each cell (context then comes from the cell's own donor), or None.
     data_parallel: the parallel.DataParallel whose devices share each batch (default: every device).
   """
-  check_can_annotate(bundle)
-  embedding = bundle.preprocessing.embed(x) if bundle.sequence_mode == "anchored" else None
+  embedding = bundle.preprocessing.embed(x) if MODES[bundle.sequence_mode].context else None
   if groups is not None:
     groups = np.unique(np.asarray(groups), return_inverse=True)[1]  # codes once, not once per chunk
   predict_fn = make_predict_fn(bundle.apply_fn, data_parallel)

@@ -55,6 +55,25 @@ class LabelEncoding:
     return cls(tuple(json.loads(text)["classes"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Mode:
+  """What one example of a data.sequence_mode is.
+
+  Attributes:
+    per_cell: one sequence per cell, built without its label, so a run of this mode can label new cells and its
+      test metrics are per cell; otherwise the seed's type sequences, drawn per type.
+    context: a cell's steps at the other days are its nearest cells there in an embedding (anchored).
+  """
+
+  per_cell: bool
+  context: bool
+
+
+# data.sequence_mode -> what its examples are; dataset.py builds each (its SEQUENCE_MODES), predict.py a query's.
+MODES = {"type": Mode(per_cell=False, context=False), "anchored": Mode(per_cell=True, context=True),
+         "cell": Mode(per_cell=True, context=False)}
+
+
 def valid_steps(lengths, steps, xp=np):
   """[n, steps] bool, True at the first lengths[i] steps of row i (padding is at the end); `xp` is numpy or
   jax.numpy, so the model's masks and the data's are one rule."""

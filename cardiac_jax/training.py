@@ -14,6 +14,7 @@ import os
 import pathlib
 import time
 
+import anndata
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,7 +29,7 @@ from cardiac_jax.configs import default as default_config
 from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import workdir as rundir
-from cardiac_jax.errors import ConfigError
+from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.model import count_params, create_model, predict_step
 
 
@@ -407,6 +408,12 @@ def train(adata, workdir, *, label_key, time_key, donor_key="", config="annotate
   The AnnData is written once to the config's cache folder, named by the digest of its bytes, and the run reads
   it from there as any .h5ad run does (so a resumed run finds the same data).
   """
+  if not isinstance(adata, anndata.AnnData):
+    raise DataError("<reference>", f"expected an AnnData, got {type(adata).__name__}")
+  missing = [key for key in (label_key, time_key, donor_key) if key and key not in adata.obs.columns]
+  if missing or adata.n_obs == 0:
+    raise DataError("<reference>", f"obs has no column(s) {missing}; columns are {list(adata.obs.columns)}" if missing
+                    else "has no cells")
   config = configs.get(config) if isinstance(config, str) else config.copy_and_resolve_references()
   config = default_config.override(config, dict(
       {"data.source": "h5ad", "data.label_key": label_key, "data.time_key": time_key, "data.donor_key": donor_key},

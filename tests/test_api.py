@@ -36,6 +36,13 @@ def test_train_from_an_anndata_in_memory_then_annotate_one(simulated, cache_dir,
   np.testing.assert_allclose(annotated.obsm[annotation.PROBABILITIES_KEY].sum(1), 1, atol=1e-5)
 
 
+def test_a_reference_without_its_columns_is_one_clear_error(simulated, tmp_path):
+  reference = readers.read_geo(simulated[0])
+  with pytest.raises(cj.DataError, match=r"<reference>: obs has no column\(s\) \['celltype'\]"):
+    cj.train(reference, tmp_path / "run", label_key="celltype", time_key="diffday")
+  assert not (tmp_path / "run").exists()
+
+
 def test_the_public_namespace_is_small():
   assert "quiet_dependency_logs" not in cj.__all__ and "use_compilation_cache" not in cj.__all__
   assert all(not isinstance(getattr(cj, name), type(cj)) for name in cj.__all__)  # no module objects

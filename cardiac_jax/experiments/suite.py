@@ -22,6 +22,7 @@ from cardiac_jax import workdir as rundir
 from cardiac_jax.configs import default as default_config
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.experiments import baselines, celltypist_compare, tables
+from cardiac_jax.sequences import MODES
 
 # Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
 ROWS = {
@@ -55,10 +56,10 @@ PAIRED_CELL_BASELINE = "CellTypist (best match)"
 
 def _baselines(config):
   """{name: fn(data, seed) -> test predictions} of the baselines that fit the config's sequence mode."""
-  if config.data.sequence_mode == "type":
+  if not MODES[config.data.sequence_mode].per_cell:
     return baselines.BASELINES
   methods = dict(baselines.CELL_BASELINES)
-  if config.data.sequence_mode != "anchored":
+  if not MODES[config.data.sequence_mode].context:
     methods.pop("anchored-mean logistic regression")
   return dict(methods, **celltypist_compare.baselines(config))
 
