@@ -234,7 +234,7 @@ def step_stages(args, output):
   timed(predict, "query_sequences", "build anchored sequences", keep=True)
   timed(sequences, "nearest", "  of which nearest neighbours")
   timed(sequences, "standardize_and_pad", "  of which standardize_and_pad")
-  timed(predict, "predict_logits", "predict (batches of the training batch size)")
+  timed(predict, "predict_logits", "predict (batches of predict.QUERY_BATCH)")
   predict.make_predict_fn = timed_predict_fn(predict.make_predict_fn)
   timed(annotation, "_write_annotated_copy", "write (byte copy of the input + annotation)")
   result, seconds = annotation.annotate_file(paths(args)["model"], paths(args)["query"], output, progress=False)
