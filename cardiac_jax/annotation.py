@@ -144,8 +144,9 @@ class AnnotationResult:
     return out
 
 
-def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalization, rule, progress):
-  """The AnnotationResult of an AnnData (in memory or backed) under an unassigned.Rule."""
+def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalization, rule, progress, keep=True):
+  """The AnnotationResult of an AnnData (in memory or backed) under an unassigned.Rule; `keep`: the result keeps
+  the AnnData for to_adata()."""
   query = validate_query(bundle, adata, path, time_key, donor_key)
   x, report = bundle.preprocessing.transform(adata, normalization=normalization, gene_key=gene_key)
   logging.info("query %s: %s cells, values read as %s, %d of the model's %d genes missing%s", path,
@@ -167,7 +168,7 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
       "workdir": str(bundle.workdir.absolute()),
       "version": importlib.metadata.version("cardiac_jax"),
   }
-  return AnnotationResult(prediction, info, adata if not adata.isbacked else None)
+  return AnnotationResult(prediction, info, adata if keep else None)
 
 
 def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, normalization="auto",
@@ -189,7 +190,8 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
       never) is below `threshold`, by default the one that keeps a share `keep_known` of the run's validation
       cells assigned (unassigned.rule).
   """
-  rule = unassigned.rule(bundle.calibration, unassigned_score, threshold, keep_known, where=bundle.workdir)
+  rule = unassigned.rule(bundle.calibration, unassigned_score, threshold, keep_known,
+                         where=bundle.workdir / workdir.CALIBRATION)
   path = preprocess.source_path(adata) if isinstance(adata, anndata.AnnData) else "<AnnData>"
   return _annotate(bundle, adata, path, time_key=time_key, donor_key=donor_key, gene_key=gene_key,
                    normalization=normalization, rule=rule, progress=progress)
@@ -216,7 +218,9 @@ def annotate_file(run, input_path, output_path, *, time_key=None, donor_key=None
   if not output_path.parent.is_dir():
     raise ConfigError(f"{output_path.parent}: the output's folder does not exist")
   bundle = run if isinstance(run, workdir.Bundle) else workdir.load(run)
-  rule = unassigned.rule(bundle.calibration, unassigned_score, threshold, keep_known, where=bundle.workdir)
+  predict.check_can_annotate(bundle)  # before a GEO folder's matrix is read
+  rule = unassigned.rule(bundle.calibration, unassigned_score, threshold, keep_known,
+                         where=bundle.workdir / workdir.CALIBRATION)
   settings = dict(time_key=time_key, donor_key=donor_key, gene_key=gene_key, normalization=normalization, rule=rule,
                   progress=progress)
   if input_path.is_dir():
@@ -227,7 +231,7 @@ def annotate_file(run, input_path, output_path, *, time_key=None, donor_key=None
   else:
     adata = readers.read_h5ad(input_path, time_key="", backed=True)
     try:
-      result = _annotate(bundle, adata, str(input_path), **settings)
+      result = _annotate(bundle, adata, str(input_path), keep=False, **settings)
       obs = adata.obs
     finally:
       adata.file.close()

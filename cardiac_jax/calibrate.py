@@ -104,20 +104,20 @@ class Method:
 
   Attributes:
     fit: (logits [n, classes], labels [n]) -> (scale, bias) [classes], fitted to minimise the NLL.
-    saved: (scale, bias) -> the JSON value calibration.json keeps under the method's name.
-    restored: that JSON value -> (scale, bias), arrays or numbers that broadcast over [n, classes].
+    saved: (scale, bias) -> the JSON value the calibration record keeps under the method's name.
+    apply: (that JSON value, logits [n, classes] float64) -> calibrated logits.
   """
 
   fit: Callable
   saved: Callable
-  restored: Callable
+  apply: Callable
 
 
 METHODS = {
     "temperature": Method(_fit_temperature_map, lambda scale, bias: float(1.0 / scale[0]),
-                          lambda temperature: (1.0 / temperature, 0.0)),
+                          lambda temperature, logits: logits / temperature),
     "vector": Method(fit_vector, lambda scale, bias: {"scale": scale.tolist(), "bias": bias.tolist()},
-                     lambda saved: (np.asarray(saved["scale"]), np.asarray(saved["bias"]))),
+                     lambda saved, logits: logits * np.asarray(saved["scale"]) + np.asarray(saved["bias"])),
 }
 
 
@@ -149,16 +149,12 @@ def cross_fit_nll(method, logits, labels, first):
 
 def apply(record, logits, method=None):
   """[n, classes] float64 calibrated logits under a calibration record (`fit`): its chosen map, logits * scale +
-  bias, or with `method` the map of that name fitted beside it. A record from before vector scaling, with only a
-  temperature T, means logits / T; no record (None), the logits as they are."""
+  bias, or with `method` the map of that name fitted beside it; no record (None), the logits as they are."""
   logits = np.asarray(logits, np.float64)
   if record is None:
     return logits
   if method is not None:
-    scale, bias = METHODS[method].restored(record[method])
-    return logits * scale + bias
-  if "scale" not in record:
-    return logits / record["temperature"]
+    return METHODS[method].apply(record[method], logits)
   return logits * np.asarray(record["scale"], np.float64) + np.asarray(record["bias"], np.float64)
 
 
@@ -166,7 +162,7 @@ def describe(record):
   """The calibration of a record in words, e.g. 'temperature scaling (T = 0.98)'."""
   if record is None:
     return "none"
-  if record.get("method", "temperature") == "temperature":
+  if record["method"] == "temperature":
     return f"temperature scaling (T = {record['temperature']:.3g})"
   return "vector scaling"
 
@@ -210,7 +206,8 @@ def fit(val_logits, val_labels):
 
 def test_record(logits, labels, record):
   """Test accuracy, NLL and top-label and class-wise ECE without and with the calibration `record` (None:
-  without). The accuracy after it is that of the labels annotate.py gives (vector scaling can move labels)."""
+  without). The accuracy after it is that of every cell's most probable class after calibration (vector scaling
+  can move labels); the labels annotate gives also leave some cells Unassigned."""
   out = {}
   for name, calibrated in (("before", np.asarray(logits, np.float64)), ("after", apply(record, logits))):
     probabilities = softmax(calibrated)

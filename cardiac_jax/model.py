@@ -18,9 +18,8 @@ outside the scan, both directions in one scan, a hand-written gradient. `lstm_im
 reference, an `nn.RNN` of `nn.OptimizedLSTMCell`s per direction, on the same parameters (rearranged
 into the cell's tree); the two give the same logits and gradients to float rounding. A layer keeps
 its parameters as three arrays stacked over directions with the gates side by side, rather than the
-cell's twelve per direction: the optimizer then updates 33 arrays instead of 96, which took the
-train step's first compile from about 6.5 s to under 5 s and the step itself 8% faster
-(benchmarks/README.md).
+cell's twelve per direction: the optimizer then updates 33 arrays instead of 96, which shortens the
+train step's first compile and the step itself (benchmarks/README.md).
 
 With the defaults and 200 genes the model has 1,383,303 parameters: the seed's PyTorch count of
 1,386,375 less PyTorch's second LSTM bias (6 directions x 512), which Flax's cells do not have.

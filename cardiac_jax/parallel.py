@@ -11,7 +11,7 @@ coordinator address, `initialize` connects them before any computation, after wh
 devices of every process and the mesh spans them all. Each process iterates the same batches (same seed, same
 order) and hands JAX only the rows of its own devices (`jax.make_array_from_process_local_data`); outputs
 (metric sums, logits) come back replicated, so every process sees them whole. Only process 0 writes files
-(train.write_atomic) and logs at INFO; Orbax checkpoints are saved by all processes together, as Orbax requires.
+(workdir.Writer) and logs at INFO; Orbax checkpoints are saved by all processes together, as Orbax requires.
 """
 
 import dataclasses

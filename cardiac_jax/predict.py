@@ -17,7 +17,7 @@ from cardiac_jax import calibrate, integrity, parallel, unassigned
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import predict_step
 from cardiac_jax.sequences import MODES, anchored_sequences, cell_sequences
-from cardiac_jax.workdir import CHECKPOINTS
+from cardiac_jax.workdir import CALIBRATION, best_checkpoint
 
 # Cells whose sequences are built and predicted at a time when labelling a query (bounds memory at atlas
 # size), and sequences per forward pass there (the logits of a sequence do not depend on its batch).
@@ -45,7 +45,7 @@ def predict_logits(bundle, sequences, predict_fn=None, batch_size=None):
     logits = np.asarray(predict_fn(bundle.params, {"x": batch["x"], "lengths": batch["lengths"]}))
     outputs.append(logits[batch["mask"] > 0])
   logits = np.concatenate(outputs)
-  integrity.check_finite_logits(logits, bundle.workdir / CHECKPOINTS / "best")
+  integrity.check_finite_logits(logits, best_checkpoint(bundle.workdir))
   return logits
 
 
@@ -55,7 +55,7 @@ def default_rule(bundle):
   assigned; for the seed's type sequences (not an annotation model) and older runs, none."""
   if not MODES[bundle.sequence_mode].per_cell or not (bundle.calibration or {}).get("val_score_quantiles"):
     return unassigned.NO_RULE
-  return unassigned.rule(bundle.calibration, where=bundle.workdir)
+  return unassigned.rule(bundle.calibration, where=bundle.workdir / CALIBRATION)
 
 
 @dataclasses.dataclass(frozen=True)

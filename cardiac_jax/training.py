@@ -182,8 +182,8 @@ def initial_state(config, data):
   if not config.init_from:
     return state
   init_dir = pathlib.Path(config.init_from).expanduser()
-  if not rundir.finished(init_dir):
-    raise ConfigError(f"{init_dir / rundir.RESULTS}: not found; config.init_from must be the workdir of a finished run")
+  if not (init_dir / rundir.DATA).exists():
+    raise ConfigError(f"{init_dir / rundir.DATA}: config.init_from must be the workdir of a finished run")
   bundle = rundir.load(init_dir)
   bundle.check_same_inputs(data)
   logging.info("warm start from the best model of %s", init_dir)
@@ -376,11 +376,10 @@ def _final_metrics(loop, workdir, state):
   data = loop.data
   for name, sequences in data.splits.items():
     split_metrics, logits[name] = evaluate_split(loop.eval_fn, params, sequences, loop.batch_size, loop.steps)
-    integrity.check_finite_logits(logits[name], f"{workdir / rundir.CHECKPOINTS / 'best'} on the {name} split")
+    integrity.check_finite_logits(logits[name], f"{rundir.best_checkpoint(workdir)} on the {name} split")
     results[f"{name}_accuracy"] = split_metrics["accuracy"]
     results[f"{name}_loss"] = split_metrics["loss"]
-  calibration = calibrate.fit(logits["val"], data.val.labels)
-  calibration["val_score_quantiles"] = unassigned.validation_quantiles(calibrate.apply(calibration, logits["val"]))
+  calibration = unassigned.fitted_calibration(logits["val"], data.val.labels)
   loop.writer.calibration(calibration)
   parallel.barrier(f"calibrated {workdir}")
   prediction = predict.predict(rundir.load(workdir), data.test)
@@ -418,8 +417,9 @@ def train(adata, workdir, *, label_key, time_key, donor_key="", config="annotate
   config = default_config.override(config, dict(
       {"data.source": "h5ad", "data.label_key": label_key, "data.time_key": time_key, "data.donor_key": donor_key},
       **overrides))
-  config.data.path = str(_stored_anndata(adata, pathlib.Path(config.data.cache_dir).expanduser() / "anndata"))
   checks.check_fields(config, default_config.get_config())
+  checks.check_values(config)
+  config.data.path = str(_stored_anndata(adata, pathlib.Path(config.data.cache_dir).expanduser() / "anndata"))
   train_and_evaluate(config, workdir)
   return rundir.load(workdir)
 

@@ -44,6 +44,14 @@ def validation_quantiles(calibrated):
   return {name: np.quantile(score(name, calibrated), QUANTILES).tolist() for name in SCORES}
 
 
+def fitted_calibration(val_logits, val_labels):
+  """A run's calibration record: calibrate.fit on the validation logits [n, classes] and labels [n], with the
+  validation quantiles of every score under the chosen map ('val_score_quantiles')."""
+  record = calibrate.fit(val_logits, val_labels)
+  record["val_score_quantiles"] = validation_quantiles(calibrate.apply(record, val_logits))
+  return record
+
+
 def threshold(record, name, keep=KEEP_KNOWN):
   """The score `name` below which a cell is 'Unassigned', chosen so that a share `keep` of the validation cells
   (all of types the model knows) stay assigned: the (1 - keep) quantile of their scores (record: a calibration
@@ -96,7 +104,7 @@ def rule(calibration, score_name=DEFAULT_SCORE, threshold_value=None, keep_known
   if not 0 < keep_known <= 1:
     raise ConfigError(f"keep_known must lie in (0, 1], got {keep_known}")
   if not calibration or "val_score_quantiles" not in calibration:
-    raise ConfigError(f"{where}: its calibration has no validation scores (a run of an earlier version); "
+    raise ConfigError(f"{where}: has no validation scores (a run of an earlier version); "
                       "give the threshold instead (--threshold)")
   return Rule(score_name, threshold(calibration, score_name, keep_known),
               f"keeps {keep_known:.0%} of the validation cells (known types) assigned")

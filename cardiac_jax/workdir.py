@@ -85,19 +85,32 @@ def read_metrics(workdir):
   return records
 
 
-def load_test_sequences(workdir):
+def read_data_record(workdir):
+  """data.json of a run, refused if a newer version of cardiac_jax wrote it (its format is unknown here)."""
+  path = pathlib.Path(workdir) / DATA
+  record = integrity.read_json(path)
+  if record.get("format_version", 1) > FORMAT_VERSION:
+    raise ConfigError(f"{path}: written in workdir format {record['format_version']}, newer than this version of "
+                      f"cardiac_jax reads ({FORMAT_VERSION}); upgrade cardiac_jax")
+  return record
+
+
+def load_test_sequences(workdir, times=False):
   """(Sequences, [n, max_len] cell names) of a workdir's test split, as training saved them; checked against the
-  digest data.json keeps of them."""
+  digest data.json keeps of them. Format 1 kept no per-step times: they are -1 there, or with `times` read from
+  the run's data by the cells' names (which reads the whole data set)."""
   workdir = pathlib.Path(workdir)
   path = workdir / TEST_SEQUENCES
   if not path.exists():
     raise ConfigError(f"{path}: not found; a workdir of an earlier version of cardiac_jax? train again")
-  integrity.check_test_digest(path, integrity.read_json(workdir / DATA))
+  record = read_data_record(workdir)
+  integrity.check_test_digest(path, record)
   with np.load(path) as saved:
     fields = {f.name: saved[f.name] for f in dataclasses.fields(Sequences) if f.name in saved}
     names = saved["cell_names"]
-  if "times" not in fields:  # format 1 kept no per-step times
-    fields["times"] = _times_of_cells(load_config(workdir), integrity.read_json(workdir / DATA), names)
+  if "times" not in fields:
+    fields["times"] = (_times_of_cells(load_config(workdir), record, names) if times
+                       else np.full(names.shape, -1, np.int32))
   return Sequences(**fields), names
 
 
@@ -119,19 +132,28 @@ def _times_of_cells(config, record, names):
 
 
 def upgraded_calibration(record):
-  """A calibration record as this version reads it: one from before vector scaling kept its energy quantiles as
-  T x logsumexp(logits / T); the energy is now logsumexp(logits / T), so they are divided by T."""
-  if record is None or "scale" in record or "val_score_quantiles" not in record:
+  """A calibration record as this version reads it. One from before vector scaling held a temperature T alone: it
+  gains method 'temperature' and its map as scale 1/T and bias 0, and its energy quantiles, kept then as
+  T x logsumexp(logits / T), are divided by T (the energy is now logsumexp(logits / T))."""
+  if record is None or "scale" in record:
     return record
-  quantiles = dict(record["val_score_quantiles"])
-  quantiles["energy"] = (np.asarray(quantiles["energy"]) / record["temperature"]).tolist()
-  return dict(record, val_score_quantiles=quantiles)
+  upgraded = dict(record, method="temperature", scale=[1.0 / record["temperature"]], bias=[0.0])
+  if "val_score_quantiles" in record:
+    quantiles = dict(record["val_score_quantiles"])
+    quantiles["energy"] = (np.asarray(quantiles["energy"]) / record["temperature"]).tolist()
+    upgraded["val_score_quantiles"] = quantiles
+  return upgraded
 
 
 def load_calibration(workdir):
   """A workdir's calibration record, or None for a run trained before calibration existed."""
   path = pathlib.Path(workdir) / CALIBRATION
   return upgraded_calibration(integrity.read_json(path)) if path.exists() else None
+
+
+def best_checkpoint(workdir):
+  """The folder of a run's best checkpoint (named in errors about the parameters)."""
+  return pathlib.Path(workdir) / CHECKPOINTS / "best"
 
 
 def _step_dir(manager, epoch):
@@ -212,11 +234,10 @@ class Checkpoints:
 
 def restore_best_params(workdir, params_like):
   """The best-validation parameters saved in workdir, shaped like `params_like`. Also returns their meta."""
-  manager = ocp.CheckpointManager(pathlib.Path(workdir).absolute() / CHECKPOINTS / "best",
-                                  item_names=("params", "meta"))
+  manager = ocp.CheckpointManager(best_checkpoint(workdir).absolute(), item_names=("params", "meta"))
   epoch = manager.latest_step()
   if epoch is None:
-    raise ConfigError(f"{workdir}/{CHECKPOINTS}/best: no checkpoint; train first")
+    raise ConfigError(f"{best_checkpoint(workdir)}: no checkpoint; train first")
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like)
   try:
     restored = _restore(
@@ -367,7 +388,7 @@ def load(workdir):
   if not workdir.is_dir():
     raise ConfigError(f"{workdir}: no such workdir")
   config = load_config(workdir)
-  record = integrity.read_json(workdir / DATA)
+  record = read_data_record(workdir)
   preprocessing_path = workdir / PREPROCESSING
   if not preprocessing_path.exists():
     raise ConfigError(f"{preprocessing_path}: not found; a workdir of an earlier version of cardiac_jax? train again")

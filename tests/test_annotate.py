@@ -165,7 +165,7 @@ def test_labels_are_the_most_probable_class_after_vector_scaling(run):
 
 
 def test_refitting_the_calibration_of_an_earlier_run(run, tmp_path):
-  """trust.py refits (report.refit_calibration) a run whose calibration.json has only a temperature."""
+  """trust.py refits (trust.refit_calibration) a run whose calibration.json has only a temperature."""
   root, config, *_ = run
   workdir = tmp_path / "run"
   shutil.copytree(root / "run", workdir)

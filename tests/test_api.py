@@ -12,7 +12,7 @@ def test_train_from_an_anndata_in_memory_then_annotate_one(simulated, cache_dir,
   reference = readers.read_geo(simulated[0])
   config = cj.get_config("tiny")
   config.data.cache_dir = str(cache_dir)
-  settings = {"data.sequence_mode": "anchored", "train.num_epochs": 1}
+  settings = {"data.sequence_mode": "anchored", "train.num_epochs": 1, "seed": 0}
   bundle = cj.train(reference, tmp_path / "run", label_key="type", time_key="diffday", donor_key="individual",
                     config=config, **settings)
   assert isinstance(bundle, cj.Bundle) and bundle.sequence_mode == "anchored"

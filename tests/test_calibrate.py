@@ -72,9 +72,9 @@ def test_a_record_from_before_vector_scaling_is_a_temperature():
   old = {"method": "temperature", "temperature": t, "val_score_quantiles": {
       "probability": np.quantile(calibrate.softmax(logits / t).max(1), unassigned.QUANTILES).tolist(),
       "energy": np.quantile(old_energy, unassigned.QUANTILES).tolist()}}
-  np.testing.assert_allclose(calibrate.apply(old, logits), logits / t)
-  np.testing.assert_array_equal(calibrate.apply(None, logits), logits)
   read = rundir.upgraded_calibration(old)
+  np.testing.assert_allclose(calibrate.apply(read, logits), logits / t)
+  np.testing.assert_array_equal(calibrate.apply(None, logits), logits)
   for name in unassigned.SCORES:
     values = unassigned.score(name, calibrate.apply(read, logits))
     assert (values >= unassigned.threshold(read, name, 0.9)).mean() == pytest.approx(0.9, abs=0.002)

@@ -104,5 +104,5 @@ def test_a_shipped_config_is_found_by_name_from_any_folder(given, tmp_path, monk
 def test_a_config_file_that_exists_and_an_unknown_name_are_left_as_given(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   (tmp_path / "tiny.py").write_text("")
-  assert cli.shipped_configs(["x", "--config=tiny.py", "--config=nope.py"]) == ["x", "--config=tiny.py",
-                                                                                "--config=nope.py"]
+  given = ["x", "--config=tiny.py", "--config=nope.py", "--config=/elsewhere/annotate.py", "--config=mine/large.py"]
+  assert cli.shipped_configs(given) == given  # a user's own file (or a missing one) is never swapped for ours

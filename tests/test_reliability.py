@@ -182,7 +182,7 @@ def test_split_fractions_must_be_three_positive_summing_to_one(config, tmp_path,
 # 2. Never a traceback for a user's mistake.
 
 def test_a_test_split_saved_without_per_step_times_reads_them_from_the_data(copy):
-  """Format 1 kept no per-step times with the test split: the shim reads each named cell's time point."""
+  """Format 1 kept no per-step times with the test split: on request the shim reads each named cell's time point."""
   test, names = rundir.load_test_sequences(copy)
   assert (test.times[test.mask] >= 0).all() and (test.times[~test.mask] == -1).all()
   path = copy / "test_sequences.npz"
@@ -193,7 +193,8 @@ def test_a_test_split_saved_without_per_step_times_reads_them_from_the_data(copy
   record["test_sequences_sha256"] = integrity.file_digest(path)
   del record["format_version"]
   (copy / "data.json").write_text(json.dumps(record))
-  again, _ = rundir.load_test_sequences(copy)
+  assert (rundir.load_test_sequences(copy)[0].times == -1).all()  # not read unless asked for (eval, suite)
+  again, _ = rundir.load_test_sequences(copy, times=True)  # as interpret asks
   np.testing.assert_array_equal(again.times, test.times)
 
 

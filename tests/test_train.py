@@ -203,7 +203,7 @@ def test_warm_start_takes_the_best_parameters_of_another_run(runs):
   jax.tree.map(np.testing.assert_array_equal, warm.params, best)
   assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), fresh.params, best)))
   config.init_from = str(root / "missing")
-  with pytest.raises(ConfigError, match="missing/results.json"):
+  with pytest.raises(ConfigError, match="missing/data.json"):
     training.initial_state(config, data)
 
 

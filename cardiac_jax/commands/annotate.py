@@ -3,7 +3,7 @@
 Labels every cell of a new time course (an .h5ad or a GSE175634-layout GEO folder, with a time column; no labels
 needed; never modified) into an annotated copy. The label is the most probable class after the run's calibration,
 or 'Unassigned' when the cell's score is below a threshold chosen on the run's validation cells (README,
-"Annotate a new time course").
+"Annotate your own time course").
 """
 
 from absl import flags

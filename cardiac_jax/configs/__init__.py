@@ -11,9 +11,14 @@ NAMES = ("default", "base", "medium", "large", "annotate", "tiny")
 
 
 def path(name):
-  """The file of the shipped config `name` ('annotate', 'annotate.py' or 'configs/annotate.py'), or None."""
-  stem = pathlib.PurePath(name).stem if str(name).endswith(".py") else str(name)
-  return FOLDER / f"{stem}.py" if stem in NAMES else None
+  """The file of the shipped config `name` ('annotate', 'annotate.py' or 'configs/annotate.py'), or None for
+  anything else (a path in another folder is the user's own file)."""
+  given = pathlib.PurePath(str(name))
+  if given.suffix not in ("", ".py") or given.parent not in (pathlib.PurePath("."), pathlib.PurePath("configs")):
+    return None
+  if given.suffix == "" and given.parent != pathlib.PurePath("."):
+    return None
+  return FOLDER / f"{given.stem}.py" if given.stem in NAMES else None
 
 
 def get(name):

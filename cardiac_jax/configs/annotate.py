@@ -1,9 +1,9 @@
 """The recommended annotation model: anchored per-cell sequences (each cell among its nearest neighbours at the
 other days of its own donor's time course), split by donor; test metrics are per cell.
 
-Train it, then label any time course with annotate.py:
-  python train.py --config=configs/annotate.py
-  python annotate.py --workdir=runs/annotate --input=query.h5ad --output=annotated.h5ad
+Train it, then label any time course:
+  cardiac-jax train --config=annotate --workdir=runs/annotate
+  cardiac-jax annotate --workdir=runs/annotate --input=query.h5ad --output=annotated.h5ad
 """
 
 from cardiac_jax.configs import default

@@ -19,10 +19,11 @@ SCALES = {
 
 
 def override(config, dotted):
-  """config with the fields of `dotted` ({'section.field': value}, as the scales and the suite give them) set."""
+  """config with the fields of `dotted` ({'section.field': value} or {'field': value} for a top-level one such as
+  'seed', as the scales and the suite give them) set."""
   for key, value in dotted.items():
-    section, field = key.split(".")
-    config[section][field] = value
+    section, _, field = key.rpartition(".")
+    (config[section] if section else config)[field] = value
   return config
 
 

@@ -13,10 +13,14 @@ def mean_sd(values):
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def pm(values, digits=4):
-  """'mean ± sd' of values (mean_sd), e.g. '0.7951 ± 0.0229'."""
-  mean, sd = mean_sd(values)
+def format_pm(mean, sd, digits=4):
+  """'mean ± sd', e.g. '0.7951 ± 0.0229'."""
   return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+
+
+def pm(values, digits=4):
+  """'mean ± sd' of values (mean_sd)."""
+  return format_pm(*mean_sd(values), digits)
 
 
 def trained(config, workdir):

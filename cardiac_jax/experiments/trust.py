@@ -10,7 +10,7 @@ Two experiments, each a loop of training runs of the annotation model (the annot
   model's per-donor labels are annotate.py's: the most probable class after the chosen calibration.
 - `unseen`: one run per cell type with that type left out of the whole run (data.exclude_types); the held-out
   donors' cells of every type, the left-out one included, are then annotated as a user would annotate a new
-  time course, and each Unassigned score (calibrate.SCORES) is scored by how well it separates the unseen type
+  time course, and each Unassigned score (unassigned.SCORES) is scored by how well it separates the unseen type
   from the known ones (AUROC), beside CellTypist's 'prob match' mode.
 
 Every run has its own workdir under the experiment's (donors/fold<k>, unseen/<type>): an interrupted loop
@@ -74,12 +74,12 @@ def refit_calibration(workdir):
   if abs(accuracy - results["val_accuracy"]) > 1e-6:
     raise ConfigError(f"{bundle.workdir / rundir.RESULTS}: validation accuracy {results['val_accuracy']:.6f}, but the validation "
                       f"cells prepared again give {accuracy:.6f}; the data changed since the run, not refitted")
-  record = calibrate.fit(val_logits, val.labels)
-  record["val_score_quantiles"] = unassigned.validation_quantiles(calibrate.apply(record, val_logits))
+  record = unassigned.fitted_calibration(val_logits, val.labels)
   writer = rundir.Writer(bundle.workdir)
-  writer.calibration(record)
-  results["calibration"] = dict(record, **calibrate.test_record(test_logits, test.labels, record))
-  writer.results(results)
+  with integrity.workdir_lock(bundle.workdir):  # one writer at a time, as in training
+    writer.calibration(record)
+    results["calibration"] = dict(record, **calibrate.test_record(test_logits, test.labels, record))
+    writer.results(results)
   return results["calibration"]
 
 
@@ -205,7 +205,7 @@ def _score_unseen(cell_type, config, workdir, adata):
   result = annotation.annotate(bundle, query, unassigned_score="none", progress=False)
   unseen = (query.obs[label_key].astype(str) == cell_type).to_numpy()
   known_labels = query.obs[label_key].astype(str).to_numpy()[~unseen]
-  best = np.asarray(bundle.classes)[result.probabilities.argmax(1)]
+  best = np.asarray(bundle.classes)[result.prediction.top_class]
   calibrated = bundle.calibrated(result.logits)
   row = {"type": cell_type, "unseen_cells": int(unseen.sum()), "known_cells": int((~unseen).sum()),
          "known_accuracy": float((best[~unseen] == known_labels).mean()), "scores": {}}
@@ -299,12 +299,14 @@ def donors_markdown(record):
            "confidence (top probability; CellTypist: conf_score).", "",
            "| method | accuracy | ECE | class-wise ECE | runs |", "|---|---|---|---|---|"]
   for r in record["calibration_summary"]:
-    lines.append(f"| {r['method']} | {_pm(r['accuracy'])} | {_pm(r['ece'])} | {_pm(r['classwise_ece'])} | "
+    lines.append(f"| {r['method']} | {tables.format_pm(*r['accuracy'])} | {tables.format_pm(*r['ece'])} | "
+                 f"{tables.format_pm(*r['classwise_ece'])} | "
                  f"{r['n']} |")
   chosen = ", ".join(f"{run} {method}" for run, method in record["chosen_calibration"].items())
   lines += ["", f"Calibration each run's calibration.json chose on its validation cells ({AS_ANNOTATED}): {chosen}."]
   methods = [m for m in record["per_donor"][0] if isinstance(record["per_donor"][0][m], dict)]
-  lines += ["", "Per held-out donor: accuracy / macro-F1.", "",
+  lines += ["", "Per held-out donor: accuracy / macro-F1 (the model's labels as annotate gives them, Unassigned a "
+            "miss; the references label every cell).", "",
             "| donor | run | cells | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
   for r in record["per_donor"]:
     cells = " | ".join(f"{r[m]['accuracy']:.3f} / {r[m]['macro_f1']:.3f}" for m in methods)
@@ -331,10 +333,6 @@ def unseen_markdown(record):
   means = " | ".join(f"{np.mean([r['scores'][n]['auroc'] for r in record['types']]):.3f}" for n in names)
   lines.append(f"| mean | | | {means} |")
   return "\n".join(lines) + "\n"
-
-
-def _pm(pair):
-  return f"{pair[0]:.4f} ± {pair[1]:.4f}"
 
 
 def plot_donors(per_donor, path):
