@@ -29,6 +29,7 @@ from cardiac_jax.sequences import MODES
 
 LABEL_KEY = "cardiac_jax_label"
 CONFIDENCE_KEY = "cardiac_jax_confidence"
+REASON_KEY = "cardiac_jax_unassigned_reason"
 PROBABILITIES_KEY = "cardiac_jax_probabilities"
 UNS_KEY = "cardiac_jax"
 
@@ -131,6 +132,7 @@ class AnnotationResult:
     obs = obs.copy()
     obs[LABEL_KEY] = pd.Categorical(self.labels, categories=list(self.info["classes"]) + [unassigned.UNASSIGNED])
     obs[CONFIDENCE_KEY] = self.confidence.astype(np.float32)
+    obs[REASON_KEY] = pd.Categorical(self.prediction.reasons, categories=list(predict.REASONS))
     return obs
 
   def to_adata(self):
@@ -152,8 +154,14 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
   logging.info("query %s: %s cells, values read as %s, %d of the model's %d genes missing%s", path,
                f"{len(x):,}", report["normalization"], len(report["missing_genes"]), len(bundle.preprocessing.genes),
                f" ({report['missing_genes'][:10]})" if report["missing_genes"] else "")
+  if report["nonfinite_values_set_to_zero"]:
+    logging.warning("%s: %s non-finite values (NaN or inf) in X set to 0, as training's quality control does",
+                    preprocess.matrix_path(adata), f"{report['nonfinite_values_set_to_zero']:,}")
+  if report["no_counts"].any():
+    logging.warning("%s: %s cells have no counts; they are labelled %s", path, f"{report['no_counts'].sum():,}",
+                    unassigned.UNASSIGNED)
   logits = predict.predict_cell_logits(bundle, x, query.times, query.groups, progress)
-  prediction = predict.from_logits(logits, bundle.calibration, bundle.classes, rule)
+  prediction = predict.from_logits(logits, bundle.calibration, bundle.classes, rule, no_label=report["no_counts"])
   info = {
       "classes": list(bundle.classes),
       "time_points": list(bundle.time_points),
@@ -161,6 +169,8 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
       "genes_used": [g for g in bundle.preprocessing.genes if g not in set(report["missing_genes"])],
       "genes_missing": report["missing_genes"],
       "normalization": report["normalization"],
+      "nonfinite_values_set_to_zero": report["nonfinite_values_set_to_zero"],
+      "cells_without_counts": int(report["no_counts"].sum()),
       "sequence_mode": bundle.sequence_mode,
       "context_donor_column": query.donor_key,
       "unassigned": dataclasses.asdict(rule),

@@ -54,6 +54,16 @@ def _rules(config):
   )
 
 
+def check_choices(config, choices):
+  """Raises ConfigError for the first enumerated field whose value is not among its choices ({'section.field' or
+  'field': allowed values}), so that a misspelt variant is caught before any data are read."""
+  for field, allowed in choices.items():
+    section, _, name = field.rpartition(".")
+    value = (config[section] if section else config)[name]
+    if value not in allowed:
+      raise ConfigError(f"config: {field}={value!r} must be one of {list(allowed)}{closest(str(value), allowed)}")
+
+
 def check_values(config):
   """Raises ConfigError for the first value of `config` that a run cannot take."""
   for field, ok, expected in _rules(config):

@@ -254,6 +254,9 @@ def _prepare(config):
   adata = exclude_types(adata, data.label_key, data.exclude_types, path)
   if data.max_len < len(time_points):
     raise ConfigError(f"data.max_len={data.max_len} is less than the {len(time_points)} time points")
+  if len(time_points) == 1:
+    logging.warning("%s: the data have one time point (%s): every sequence is one step long, so the model sees "
+                    "no change over time (the seed's sequences run over several days)", path, time_points[0])
   encoding = LabelEncoding.fit(adata.obs[data.label_key])
   classes = encoding.classes
   labels = encoding.encode(adata.obs[data.label_key], path)

@@ -270,7 +270,7 @@ class LSTMLayer(nn.Module):
       `[batch, steps, hidden_dim]`, or `[batch, steps, 2 * hidden_dim]` when bidirectional
       (forward outputs first); values at padded steps are not meaningful.
     """
-    if self.impl not in ('fused', 'rnn'):
+    if self.impl not in LSTM_IMPLS:
       raise ValueError(f"LSTM impl must be 'fused' or 'rnn', not {self.impl!r}")
     directions, gates = 2 if self.bidirectional else 1, len(GATES) * self.hidden_dim
     params = (
@@ -292,6 +292,7 @@ class LSTMLayer(nn.Module):
 
 
 POOLINGS = ('mean', 'anchor')
+LSTM_IMPLS = ('fused', 'rnn')
 # Computation dtypes by name; parameters stay float32 whatever the computation (Flax's param_dtype default).
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 

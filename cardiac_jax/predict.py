@@ -58,6 +58,10 @@ def default_rule(bundle):
   return unassigned.rule(bundle.calibration, where=bundle.workdir / CALIBRATION)
 
 
+# Why a cell is Unassigned ('' where it is labelled): its score is below the rule's threshold, or it has no counts.
+REASONS = ("", "score below threshold", "no counts")
+
+
 @dataclasses.dataclass(frozen=True)
 class Prediction:
   """What the model says of each of n cells (or sequences).
@@ -70,6 +74,7 @@ class Prediction:
     confidence: [n] float32 probability of the most probable class.
     classes: class names, in logit order.
     rule: the unassigned.Rule that decided Unassigned.
+    reason_ids: [n] int index into REASONS of why a cell is Unassigned (0 where it is labelled).
   """
 
   logits: np.ndarray
@@ -79,6 +84,7 @@ class Prediction:
   confidence: np.ndarray
   classes: tuple
   rule: unassigned.Rule
+  reason_ids: np.ndarray
 
   @property
   def labels(self):
@@ -90,15 +96,25 @@ class Prediction:
   def unassigned(self):
     return self.label_ids < 0
 
+  @property
+  def reasons(self):
+    """[n] object array: why each cell is Unassigned (REASONS; '' where it is labelled)."""
+    return np.asarray(REASONS, dtype=object)[self.reason_ids]
 
-def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE):
-  """The Prediction of logits [n, classes] under a calibration record and an Unassigned rule."""
+
+def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE, no_label=None):
+  """The Prediction of logits [n, classes] under a calibration record and an Unassigned rule; cells where
+  `no_label` [n] bool is set (no counts) are Unassigned whatever their score."""
   calibrated = calibrate.apply(calibration, logits)
   probabilities = calibrate.softmax(calibrated).astype(np.float32)
   top = probabilities.argmax(1) if len(probabilities) else np.zeros(0, np.int64)
   confidence = probabilities.max(1) if len(probabilities) else np.zeros(0, np.float32)
-  label_ids = np.where(rule.unassigned(calibrated), -1, top)
-  return Prediction(np.asarray(logits, np.float32), probabilities, label_ids, top, confidence, tuple(classes), rule)
+  reason_ids = np.where(rule.unassigned(calibrated), REASONS.index("score below threshold"), 0)
+  if no_label is not None:
+    reason_ids = np.where(no_label, REASONS.index("no counts"), reason_ids)
+  label_ids = np.where(reason_ids > 0, -1, top)
+  return Prediction(np.asarray(logits, np.float32), probabilities, label_ids, top, confidence, tuple(classes), rule,
+                    reason_ids)
 
 
 def predict(bundle, sequences, rule=None):

@@ -35,6 +35,14 @@ def source_path(adata):
   return adata.uns.get("source_path", "<AnnData>")
 
 
+def matrix_path(adata):
+  """The file that holds X, named in errors about X's values: a backed file, uns['matrix_path'] (set by the readers:
+  a GEO folder's matrix file), else `source_path`."""
+  if adata.isbacked:
+    return str(adata.filename)
+  return adata.uns.get("matrix_path", source_path(adata))
+
+
 def missing(values):
   """[cells] bool: missing or empty entries of an obs column."""
   values = pd.Series(values)
@@ -68,7 +76,7 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
   n_nonfinite = int(bad.sum())
   if n_nonfinite:
     values[bad] = 0
-  check_not_negative(values, path)
+  check_not_negative(values, matrix_path(adata))
   stripped = 0
   for key in (time_key, label_key, donor_key):
     if key:
@@ -412,22 +420,38 @@ class Preprocessing:
   def transform(self, adata, *, normalization="auto", gene_key=None):
     """The model's input for any AnnData: [cells, genes] float32 log expression, and a report.
 
+    X is cleaned as training's quality control cleans it: non-finite values are set to 0 and counted, negative
+    values are an error naming the file.
+
     Args:
       adata: AnnData [cells, genes] (in memory or backed); X raw counts, FPKM/TPM-like or log values.
       normalization: 'auto' (detect from X) or the kind X holds (NORMALIZATIONS).
       gene_key: a var column holding gene names, or None for var_names.
 
     Returns:
-      (x, report): report has 'normalization' (the kind used) and 'missing_genes' (model genes the data lack).
+      (x, report): report has 'normalization' (the kind used), 'missing_genes' (model genes the data lack),
+      'nonfinite_values_set_to_zero' and 'no_counts' ([cells] bool: cells whose X row has nothing above 0).
     """
-    path = source_path(adata)
+    path, matrix = source_path(adata), matrix_path(adata)
     names = _gene_names(adata, gene_key, path)
     columns, missing = self.match_genes(names, path)
-    blocks = (_not_negative(_csr(adata.X[lo : lo + TRANSFORM_BLOCK]), path)
-              for lo in range(0, adata.n_obs, TRANSFORM_BLOCK))
-    first = _csr(adata.X[:TRANSFORM_BLOCK])
-    kind = check_kind(first, normalization, path)
-    return self.transform_blocks(blocks, columns, kind), {"normalization": kind, "missing_genes": missing}
+    report = {"nonfinite_values_set_to_zero": 0, "no_counts": []}
+
+    def cleaned(lo):
+      block = _csr(adata.X[lo : lo + TRANSFORM_BLOCK]).copy()  # cleaned here, never in the caller's X
+      bad = ~np.isfinite(block.data)
+      report["nonfinite_values_set_to_zero"] += int(bad.sum())
+      block.data[bad] = 0
+      check_not_negative(block, matrix)
+      report["no_counts"].append(np.asarray(block.sum(axis=1)).ravel() <= 0)
+      return block
+
+    kind = check_kind(cleaned(0), normalization, matrix) if adata.n_obs else "counts"
+    report["no_counts"] = []
+    report["nonfinite_values_set_to_zero"] = 0
+    x = self.transform_blocks((cleaned(lo) for lo in range(0, adata.n_obs, TRANSFORM_BLOCK)), columns, kind)
+    report["no_counts"] = np.concatenate(report["no_counts"]) if report["no_counts"] else np.zeros(0, bool)
+    return x, dict(report, normalization=kind, missing_genes=missing)
 
   def to_json(self):
     fields = dataclasses.asdict(self)
@@ -452,11 +476,6 @@ def first_of_each_name(names, path):
     logging.warning("%s: %d duplicated gene names (e.g. %s); only the first column of each can be chosen", path,
                     int((~first).sum()), list(pd.Index(names)[~first][:5]))
   return first
-
-
-def _not_negative(block, path):
-  check_not_negative(block, path)
-  return block
 
 
 def _csr(x):

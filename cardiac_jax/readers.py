@@ -180,6 +180,7 @@ def read_geo(folder, matrix="counts", required=GEO_REQUIRED):
   adata = anndata.AnnData(X=counts, obs=obs, var=var)
   adata.var_names_make_unique()
   adata.uns["source_path"] = str(folder)
+  adata.uns["matrix_path"] = str(matrix_file)
   return adata
 
 
@@ -204,6 +205,7 @@ def read_h5ad(path, *, time_key, label_key="", donor_key="", backed=False):
   if not sp.issparse(adata.X):
     adata.X = sp.csr_matrix(adata.X, dtype=np.float32)
   adata.uns["source_path"] = str(path)
+  adata.uns["matrix_path"] = str(path)  # X is in this file, whatever an earlier uns said
   return adata
 
 

@@ -114,6 +114,10 @@ def evaluate(workdir):
   out = workdir / rundir.REPORT
   integrity.check_finite_record(report, out / "report.json")
   history = rundir.read_metrics(workdir)
+  if not history:
+    logging.warning("%s: no epoch records (missing or empty): the report has no learning curves",
+                    workdir / rundir.METRICS)
+    report["learning_curves"] = "not drawn: no epoch records"
   with integrity.staged_folder(out) as staging:  # a full disk or Ctrl-C leaves no half-written report
     (staging / "report.json").write_text(json.dumps(report, indent=2))
     np.savez(staging / "test_predictions.npz", logits=logits, labels=test.labels, classes=np.asarray(classes),
@@ -122,7 +126,8 @@ def evaluate(workdir):
         report["confusion_matrix"], classes, staging / "confusion.png",
         f"test, split by {config.split.unit}: accuracy {report['accuracy']:.3f}",
     )
-    plot_learning_curves(history, staging / "learning_curves.png")
+    if history:
+      plot_learning_curves(history, staging / "learning_curves.png")
     plot_reliability(logits, test.labels, bundle.calibration, staging / "reliability.png",
                      f"test {dataset.test_unit(config)}s, split by {config.split.unit}")
   logging.info("test accuracy %.4f, macro-F1 %.4f; report in %s", report["accuracy"], report["macro_f1"], out)

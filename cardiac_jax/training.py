@@ -24,13 +24,14 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import calibrate, checks, configs, integrity, parallel, predict, unassigned
+from cardiac_jax import calibrate, checks, configs, integrity, parallel, predict, preprocess, readers, split, unassigned
 from cardiac_jax.configs import default as default_config
 from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import workdir as rundir
 from cardiac_jax.errors import ConfigError, DataError
-from cardiac_jax.model import count_params, create_model, predict_step
+from cardiac_jax.model import DTYPES, LSTM_IMPLS, MODELS, POOLINGS, count_params, create_model, predict_step
+from cardiac_jax.sequences import MODES
 
 
 class TrainState(train_state.TrainState):
@@ -273,6 +274,17 @@ class Loop:
     return state, tracker
 
 
+def config_choices():
+  """Every enumerated config field and the values it may take, read from the registries that hold the variants."""
+  return {
+      "model_name": tuple(MODELS), "model.pooling": POOLINGS, "model.dtype": tuple(DTYPES),
+      "model.lstm_impl": LSTM_IMPLS, "data.source": datasets.SOURCES, "data.sequence_mode": tuple(MODES),
+      "data.gene_selection": preprocess.GENE_SELECTIONS, "data.normalization": preprocess.NORMALIZATIONS,
+      "data.geo_matrix": tuple(readers.GEO_MATRICES), "split.unit": split.UNITS,
+      "train.class_weighting": CLASS_WEIGHTINGS,
+  }
+
+
 def train_and_evaluate(config, workdir):
   """Trains the seed's model on the configured data; resumes if workdir holds an unfinished run of this config.
 
@@ -281,6 +293,7 @@ def train_and_evaluate(config, workdir):
   """
   workdir = pathlib.Path(workdir).expanduser()
   checks.check_values(config)
+  checks.check_choices(config, config_choices())
   parallel.initialize(config.parallel)
   with rundir.claimed(config, workdir):
     return _train_and_evaluate(config, workdir)
@@ -313,6 +326,10 @@ def _train_and_evaluate(config, workdir):
   history = [r for r in rundir.read_metrics(workdir) if r["epoch"] <= tracker["epoch"]]  # beyond: no checkpoint
   if meta:
     logging.info("resuming %s after epoch %d", workdir, tracker["epoch"])
+  lost = sorted(set(range(1, tracker["epoch"] + 1)) - {r["epoch"] for r in history})
+  if lost:  # only the latest epoch's state is kept, so an older epoch's line cannot be recomputed
+    logging.warning("%s: no line for epoch(s) %s, which the checkpoints cover; they cannot be recomputed and stay "
+                    "missing (results.json: metrics_missing_epochs)", workdir / rundir.METRICS, lost)
 
   # Batches are cut to the longest sequence of the data, so padding no sequence uses is never scanned.
   steps = batching.used_steps(*data.splits.values())
@@ -350,6 +367,8 @@ def _train_and_evaluate(config, workdir):
   if tracker["epochs_since_best"] >= patience:
     logging.info("early stop: no better validation accuracy for %d epochs", patience)
   results = {"epochs_run": tracker["epoch"], "parameters": count_params(state.params)}
+  if lost:
+    results["metrics_missing_epochs"] = lost
   results.update(_final_metrics(loop, workdir, state))
   seconds["total"] = time.perf_counter() - started
   results.update(seconds=seconds, split_unit=config.split.unit, sequence_mode=config.data.sequence_mode,

@@ -247,6 +247,46 @@ def test_bad_queries_are_one_clear_error_and_write_nothing(run, tmp_path, case, 
   assert [p.name for p in tmp_path.iterdir()] == ["broken.h5ad"]  # no output, no temporary file left behind
 
 
+def test_non_finite_values_are_zeroed_and_counted_and_cells_without_counts_are_unassigned(run, tmp_path, caplog):
+  """Training's quality-control rule applied to a query: NaN and inf set to 0 with a warning naming the file and
+  the count (kept in uns); a cell with no counts is Unassigned, and says why."""
+  root, _, _, query = run
+  damaged = query.copy()
+  x = damaged.X.toarray() if hasattr(damaged.X, "toarray") else np.array(damaged.X)
+  x[0, :3] = np.nan
+  x[1, 0] = np.inf
+  x[2, :] = 0  # no counts at all
+  damaged.X = x
+  path = tmp_path / "damaged.h5ad"
+  damaged.write_h5ad(path)
+  result, _ = annotation.annotate_file(root / "run", path, tmp_path / "out.h5ad", progress=False)
+  out = anndata.read_h5ad(tmp_path / "out.h5ad")
+  assert any(str(path) in r.getMessage() and "4 non-finite values" in r.getMessage() for r in caplog.records)
+  assert out.uns["cardiac_jax"]["nonfinite_values_set_to_zero"] == 4
+  assert out.uns["cardiac_jax"]["cells_without_counts"] == 1
+  assert np.isfinite(out.obsm[annotation.PROBABILITIES_KEY]).all()
+  labels = out.obs[annotation.LABEL_KEY].astype(str).to_numpy()
+  reasons = out.obs[annotation.REASON_KEY].astype(str).to_numpy()
+  assert labels[2] == unassigned.UNASSIGNED and reasons[2] == "no counts"
+  assert set(reasons[labels != unassigned.UNASSIGNED]) == {""}
+  assert set(reasons[labels == unassigned.UNASSIGNED]) <= {"no counts", "score below threshold"}
+  # the cleaned cells are labelled as if their non-finite values had been 0
+  zeroed = query.copy()
+  zeroed.X = np.nan_to_num(x, nan=0.0, posinf=0.0)
+  expected = annotation.annotate(rundir.load(root / "run"), zeroed, progress=False)
+  np.testing.assert_allclose(result.probabilities, expected.probabilities, atol=1e-6)
+  assert (np.asarray(query.X[:3].sum(1)) > 0).all()  # the caller's query is unchanged
+
+
+@pytest.mark.parametrize("threshold", [float("nan"), float("inf"), float("-inf")])
+def test_a_non_finite_threshold_is_refused(run, tmp_path, threshold):
+  root, _, _, query = run
+  with pytest.raises(ConfigError, match="threshold must be a finite number"):
+    annotation.annotate_file(root / "run", root / "query.h5ad", tmp_path / "out.h5ad", threshold=threshold,
+                             progress=False)
+  assert not (tmp_path / "out.h5ad").exists()
+
+
 def test_the_command_says_what_is_wrong_in_one_line(run, tmp_path):
   root, _, _, query = run
   path = _broken(query, tmp_path, lambda a: a.obs.drop(columns="diffday", inplace=True))

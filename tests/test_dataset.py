@@ -90,6 +90,18 @@ def test_h5ad_source_with_other_column_names(config, simulated, tmp_path):
   assert len(data.train) > 0 and data.report["leakage"]["cells_in_more_than_one_split"] == 0
 
 
+def test_a_time_course_of_one_time_point_is_said_to_be_one(config, simulated, tmp_path, caplog):
+  adata = readers.read_geo(simulated[0])
+  adata = adata[adata.obs["diffday"] == "day7"].copy()
+  path = tmp_path / "one_day.h5ad"
+  adata.write_h5ad(path)
+  config.data.source, config.data.path, config.data.time_order = "h5ad", str(path), ()
+  config.data.n_spatial = 0
+  data = dataset.prepare(config)
+  assert data.time_points == ("day7",) and (data.train.lengths == 1).all()
+  assert f"{path}: the data have one time point (day7)" in caplog.text
+
+
 def test_unknown_time_point_in_geo_data(config, simulated):
   config.data.source = "geo"
   config.data.path = str(simulated[0])
@@ -187,7 +199,9 @@ def test_the_fitted_preprocessing_transforms_the_data_it_was_fitted_on(config):
   adata = readers.read_geo(data.report["path"])[data.cell_names]
   x, report = data.preprocessing.transform(adata)
   np.testing.assert_array_equal(x, data.cell_x)
-  assert report == {"normalization": "counts", "missing_genes": []}
+  no_counts = report.pop("no_counts")
+  assert report == {"normalization": "counts", "missing_genes": [], "nonfinite_values_set_to_zero": 0}
+  assert not no_counts.any() and len(no_counts) == len(x)  # quality control kept only cells with counts
   assert data.preprocessing.embed(x).shape == (len(x), min(20, config.data.n_genes))
 
 

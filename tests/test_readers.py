@@ -93,6 +93,20 @@ def test_matrix_in_wrong_orientation(geo_copy):
   assert COUNTS in str(error.value)
 
 
+def test_negative_counts_in_a_geo_folder_name_the_matrix_file(geo_copy):
+  path = geo_copy / COUNTS
+  matrix = scipy.io.mmread(str(path)).tocoo()
+  matrix.data = matrix.data.astype(float)
+  matrix.data[:3] = -1.0
+  scipy.io.mmwrite(str(geo_copy / "t.mtx"), matrix, field="real")
+  with open(geo_copy / "t.mtx", "rb") as src, gzip.open(path, "wb") as dst:
+    shutil.copyfileobj(src, dst)
+  adata = readers.read_geo(geo_copy)
+  with pytest.raises(DataError, match="3 negative values") as error:
+    quality_control(adata, time_key="diffday", label_key="type", donor_key="individual")
+  assert error.value.path == str(path)
+
+
 def test_truncated_matrix(geo_copy):
   path = geo_copy / COUNTS
   data = path.read_bytes()

@@ -181,6 +181,27 @@ def test_split_fractions_must_be_three_positive_summing_to_one(config, tmp_path,
 
 # 2. Never a traceback for a user's mistake.
 
+def test_a_lost_epoch_record_that_the_checkpoints_cover_is_named_not_hidden(run, copy, caplog):
+  """A finished run that lost its last metrics.jsonl line and results.json, run again: the last checkpoint is past
+  that epoch, so its line cannot be recomputed; the log and results.json say which epoch is missing."""
+  _, config, _ = run
+  lines = (copy / "metrics.jsonl").read_text().splitlines(keepends=True)
+  (copy / "metrics.jsonl").write_text("".join(lines[:-1]))
+  (copy / "results.json").unlink()
+  results = training.train_and_evaluate(config, copy)
+  assert results["metrics_missing_epochs"] == [len(lines)]
+  assert f"no line for epoch(s) [{len(lines)}]" in caplog.text and str(copy / "metrics.jsonl") in caplog.text
+  assert json.loads((copy / "results.json").read_text())["metrics_missing_epochs"] == [len(lines)]
+
+
+def test_eval_without_epoch_records_says_so_and_draws_no_learning_curves(copy, caplog):
+  (copy / "metrics.jsonl").unlink()
+  scored = report.evaluate(copy)
+  assert scored["learning_curves"] == "not drawn: no epoch records"
+  assert "no epoch records" in caplog.text and str(copy / "metrics.jsonl") in caplog.text
+  assert (copy / "report" / "confusion.png").exists() and not (copy / "report" / "learning_curves.png").exists()
+
+
 def test_a_test_split_saved_without_per_step_times_reads_them_from_the_data(copy):
   """Format 1 kept no per-step times with the test split: on request the shim reads each named cell's time point."""
   test, names = rundir.load_test_sequences(copy)
@@ -275,6 +296,19 @@ def test_values_the_model_cannot_take(config, tmp_path, field, value, expected):
   default.override(config, {field: value}) if "." in field else setattr(config, field, value)
   message = _error(lambda: training.train_and_evaluate(config, tmp_path / "run"))
   assert expected in message
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("field, value", [
+    ("model.pooling", "max"), ("model.dtype", "float16"), ("model.lstm_impl", "cudnn"), ("model_name", "gru"),
+    ("data.sequence_mode", "anchor"), ("split.unit", "batch"),
+])
+def test_a_choice_the_config_does_not_offer_is_refused_before_any_data_are_read(config, tmp_path, monkeypatch, field,
+                                                                                value):
+  monkeypatch.setattr(dataset, "prepare", lambda config: pytest.fail("the data were read"))
+  default.override(config, {field: value})
+  message = _error(lambda: training.train_and_evaluate(config, tmp_path / "run"))
+  assert message.startswith(f"error: config: {field}={value!r} must be one of [")
   assert not (tmp_path / "run").exists()
 
 
