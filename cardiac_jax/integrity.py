@@ -56,6 +56,23 @@ def interrupts_held():
 
 
 @contextlib.contextmanager
+def interrupts_deferred():
+  """Ctrl-C inside is held until the block has ended, then raised as KeyboardInterrupt (main thread only): a
+  checkpoint being committed is finished, not torn apart mid-write with the library's traceback in the log."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  pressed = []
+  previous = signal.signal(signal.SIGINT, lambda *_: pressed.append(True))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if pressed:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def errors_name(path, temporary):
   """OSErrors raised inside that name no file (a write to a full disk: the file was opened, writing failed) or
   name `temporary` (the temporary file or folder being written in place of `path`) are raised again naming

@@ -231,6 +231,7 @@ class Loop:
   writer: rundir.Writer
   checkpoints: rundir.Checkpoints
   history: list
+  interrupted: bool = False
 
   def batches(self, epoch):
     shuffle = np.random.default_rng([self.config.seed, 3, epoch])
@@ -270,7 +271,11 @@ class Loop:
     )
     self.history.append(record)
     self.writer.metrics(self.history)
-    self.checkpoints.save(epoch, state, dict(tracker, val_accuracy=val_metrics["accuracy"]), improved)
+    try:
+      with integrity.interrupts_deferred():  # Ctrl-C while saving: the epoch is saved first, then the run stops
+        self.checkpoints.save(epoch, state, dict(tracker, val_accuracy=val_metrics["accuracy"]), improved)
+    except KeyboardInterrupt:
+      self.interrupted = True
     return state, tracker
 
 
@@ -350,6 +355,9 @@ def _train_and_evaluate(config, workdir):
       if tracker["epochs_since_best"] >= patience:
         break
       state, tracker = loop.epoch(state, tracker, epoch, dropout_rng)
+      if loop.interrupted:
+        epoch += 1  # the epoch that was about to start
+        raise KeyboardInterrupt
   except KeyboardInterrupt:
     interrupted = True
   except NonFiniteLoss as e:

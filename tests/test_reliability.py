@@ -468,10 +468,11 @@ def test_interrupted_simulations_leave_no_partial_folders(tmp_path, monkeypatch)
 
 
 def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cache_dir, tmp_path):
-  """SIGINT once the first checkpoint is saved: one line naming the workdir and the last saved epoch, and a
-  metrics.jsonl with a line for every saved epoch (at most one more: the epoch whose checkpoint was being
-  saved, which a resumed run drops and writes again), with the uninterrupted run's numbers. That a resumed run
-  ends with the same files is test_train.py's test_runs_are_deterministic_and_resume_exactly."""
+  """SIGINT once the child has saved its first checkpoint: one line naming the workdir and the last saved epoch,
+  no traceback, and a metrics.jsonl with a line for every saved epoch (at most one
+  more: the epoch whose checkpoint was being saved, which a resumed run drops and writes again), with the
+  uninterrupted run's numbers. That a resumed run ends with the same files is test_train.py's
+  test_runs_are_deterministic_and_resume_exactly."""
   full, _, _ = run
   workdir = tmp_path / "interrupted"
   checksums = workdir / "checkpoints" / "latest.sha256.json"
@@ -501,6 +502,26 @@ def test_ctrl_c_says_where_to_resume_and_keeps_every_saved_epochs_line(run, cach
   assert [r["epoch"] for r in saved] in (list(range(1, latest + 1)), list(range(1, latest + 2)))
   reference = _history(full)
   assert saved[: len(reference)] == reference[: len(saved)]
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_finishes_it_then_stops(run, tmp_path, monkeypatch):
+  """A SIGINT that arrives while an epoch's checkpoint is being committed waits for the commit (an interrupted
+  Orbax save logs its own traceback and leaves the step half-written); the run then stops with that epoch saved."""
+  _, config, _ = run
+  real_save = rundir.Checkpoints.save
+
+  def save_interrupted_midway(self, epoch, state, meta, improved):
+    if epoch == 2:
+      os.kill(os.getpid(), signal.SIGINT)  # lands here, inside the save
+    real_save(self, epoch, state, meta, improved)
+
+  monkeypatch.setattr(rundir.Checkpoints, "save", save_interrupted_midway)
+  config.train.num_epochs = 5
+  message = _error(lambda: training.train_and_evaluate(config, tmp_path / "run"))
+  assert message == (f"error: {tmp_path / 'run'}: interrupted in epoch 3; epochs up to 2 are saved: run the same "
+                     "command again to resume")
+  assert json.loads((tmp_path / "run" / "checkpoints" / "latest.sha256.json").read_text())["step"] == "2"
+  assert [r["epoch"] for r in rundir.read_metrics(tmp_path / "run")] == [1, 2]
 
 
 def test_kill_9_mid_run_resumes_to_the_files_of_an_uninterrupted_run(run, cache_dir, tmp_path):
