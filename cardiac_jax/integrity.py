@@ -7,6 +7,7 @@ the sha256 of every file of a saved step beside the checkpoints and `verify_chec
 
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
 import math
@@ -112,11 +113,41 @@ def staged_folder(out):
   shutil.rmtree(old, ignore_errors=True)
 
 
+def process_alive(pid):
+  """Whether a process with this id exists (one of another user counts)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _temporary_prefix(path):
+  return f".{path.name}.tmp-"
+
+
+def remove_stale_temporaries(path):
+  """Removes the temporary files beside `path` that a write killed outright left (kill -9 leaves no chance to clean
+  up): `.{name}.tmp-{pid}...` whose process is gone. A live writer's file is left alone."""
+  path = pathlib.Path(path)
+  prefix = _temporary_prefix(path)
+  for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+    pid = tmp.name[len(prefix):].split(".")[0]
+    if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
+      tmp.unlink(missing_ok=True)
+      logging.warning("%s: removed %s, the temporary file of a write that was killed", path, tmp.name)
+
+
 def write_atomic(path, content):
   """Writes content (str, bytes, or a function that writes to a path it is given) to path through a temporary
-  file beside it and a rename, so the file is complete or absent; the temporary file never outlives a failure."""
+  file beside it (`.{name}.tmp-{pid}{suffix}`) and a rename, so the file is complete or absent; the temporary file
+  never outlives a failure, and one that a killed writer left is removed by the next write."""
   path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+  if path.parent.is_dir():
+    remove_stale_temporaries(path)
+  tmp = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}{path.suffix}")
   try:
     with errors_name(path, tmp):
       if callable(content):

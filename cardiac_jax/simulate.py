@@ -33,6 +33,7 @@ import tempfile
 import numpy as np
 import pandas as pd
 
+from cardiac_jax import integrity
 from cardiac_jax.errors import DataError
 
 TYPES = ("IPSC", "MES", "CMES", "PROG", "CM", "CF", "UNK")
@@ -498,22 +499,12 @@ def _write_table(path, frame, header=True):
     gz.write(text.encode())
 
 
-def _alive(pid):
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
 def remove_stale_partials(out_dir):
   """Removes the temporary folders of out_dir left by a writer that was killed (kill -9 leaves no chance to
   clean up): `.{name}.{pid}.*.partial` whose process is gone. A live writer's folder is left alone."""
   for tmp in pathlib.Path(out_dir).parent.glob(f".{pathlib.Path(out_dir).name}.*.partial"):
     pid = tmp.name.split(".")[2]
-    if not pid.isdigit() or not _alive(int(pid)):
+    if not pid.isdigit() or not integrity.process_alive(int(pid)):
       shutil.rmtree(tmp, ignore_errors=True)
 
 

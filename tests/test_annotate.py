@@ -1,19 +1,22 @@
 """Annotation: a trained workdir labels a new, unlabelled time course (AnnData in, AnnData out)."""
 
 import dataclasses
+import errno
 import hashlib
 import json
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import anndata
 import numpy as np
 import pandas as pd
 import pytest
 
-from cardiac_jax import annotation, calibrate, dataset, predict, readers, report, training, unassigned
+from cardiac_jax import annotation, calibrate, cli, dataset, predict, readers, report, training, unassigned
 from cardiac_jax import workdir as rundir
 from cardiac_jax.experiments import trust
 from cardiac_jax.errors import ConfigError, DataError
@@ -296,6 +299,71 @@ def test_the_command_says_what_is_wrong_in_one_line(run, tmp_path):
   assert last.startswith(f"error: {path}: obs has no time column 'diffday'"), last
   assert "Traceback" not in result.stderr
   assert not (tmp_path / "out.h5ad").exists()
+
+
+# annotate.py with its output write slowed down at a point the child marks: the copy is written, the marker file
+# appears, and the child waits there for the test's signal.
+_SLOW_WRITE = """
+import pathlib, runpy, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+from cardiac_jax import annotation
+marker, real = pathlib.Path(sys.argv.pop(1)), annotation._write_annotated_copy
+def slow(source, target, obs, result):
+  real(source, target, obs, result)
+  marker.write_text(str(target))
+  time.sleep(120)
+annotation._write_annotated_copy = slow
+sys.argv[0] = "annotate.py"
+runpy.run_path("annotate.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("signal_sent", [signal.SIGKILL, signal.SIGINT], ids=["kill_9", "ctrl_c"])
+def test_a_write_cut_short_leaves_the_previous_output_and_the_next_run_clears_its_temporary(run, tmp_path,
+                                                                                              signal_sent):
+  root, *_ = run
+  output = tmp_path / "out.h5ad"
+  output.write_bytes(b"the previous complete file")
+  marker = tmp_path / "writing"
+  child = subprocess.Popen(
+      [sys.executable, "-c", _SLOW_WRITE, str(marker), f"--workdir={root / 'run'}", f"--input={root / 'query.h5ad'}",
+       f"--output={output}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 120
+  while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.02)
+  temporary = pathlib.Path(marker.read_text())
+  assert temporary.exists() and temporary.name.startswith(".out.h5ad.tmp-")  # named as temporary
+  child.send_signal(signal_sent)
+  _, stderr = child.communicate(timeout=60)
+  assert output.read_bytes() == b"the previous complete file"  # never a partial output
+  if signal_sent == signal.SIGINT:
+    assert child.returncode == 1 and stderr.strip().splitlines()[-1] == "error: interrupted"
+    assert "Traceback" not in stderr and not temporary.exists()
+  else:
+    assert temporary.exists()  # kill -9 gave it no chance to clean up ...
+    annotation.annotate_file(root / "run", root / "query.h5ad", output, progress=False)
+    assert not temporary.exists()  # ... the next run removes it
+    assert anndata.read_h5ad(output).n_obs == anndata.read_h5ad(root / "query.h5ad").n_obs
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad", "writing"]
+
+
+@pytest.mark.parametrize("problem", [(errno.ENOSPC, "No space left on device"), (errno.EROFS, "Read-only file system")])
+def test_a_full_or_read_only_destination_is_one_line_and_keeps_the_previous_output(run, tmp_path, monkeypatch,
+                                                                                  problem):
+  """Injected (CI runs as root, which no permission bit stops, and a full disk cannot be made here)."""
+  root, *_ = run
+  output = tmp_path / "out.h5ad"
+  output.write_bytes(b"the previous complete file")
+
+  def refuse(source, target, *args, **kwargs):
+    raise OSError(problem[0], problem[1])  # as a write that fails after its file was opened
+
+  monkeypatch.setattr(annotation.shutil, "copyfile", refuse)
+  with pytest.raises(SystemExit) as exit_info:
+    cli.guarded(lambda: annotation.annotate_file(root / "run", root / "query.h5ad", output, progress=False))
+  assert exit_info.value.code == f"error: {output}: {problem[1]}"
+  assert output.read_bytes() == b"the previous complete file"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out.h5ad"]
 
 
 def test_refusals(run, tiny_run, tmp_path):
