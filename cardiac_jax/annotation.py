@@ -173,7 +173,7 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
       "cells_without_counts": int(report["no_counts"].sum()),
       "sequence_mode": bundle.sequence_mode,
       "context_donor_column": query.donor_key,
-      "unassigned": dataclasses.asdict(rule),
+      "unassigned": dict(dataclasses.asdict(rule), class_thresholds=np.asarray(rule.class_thresholds, np.float64)),
       "calibration": calibrate.describe(bundle.calibration),
       "workdir": str(bundle.workdir.absolute()),
       "version": importlib.metadata.version("cardiac_jax"),

@@ -103,3 +103,25 @@ def test_unassigned_thresholds_keep_the_stated_share_of_validation_cells():
       assert (values >= unassigned.threshold(record, name, keep)).mean() == pytest.approx(keep, abs=0.006)
   energy = unassigned.score("energy", logits / 2.0)
   np.testing.assert_allclose(energy, np.log(np.exp(logits / 2.0).sum(1)))
+
+
+def test_per_class_thresholds_keep_the_stated_share_of_each_classs_validation_cells():
+  """A rare class with low scores loses most of its cells to one global threshold; one threshold per predicted
+  class (Mondrian) keeps the stated share of each class's validation cells assigned."""
+  rng = np.random.default_rng(4)
+  labels = np.r_[np.zeros(900, int), np.ones(900, int), np.full(200, 2)]
+  logits = rng.normal(size=(2000, 3)) + 4 * np.eye(3)[labels]
+  logits[labels == 2] -= 5.0  # the rare class: the same margin, a much lower energy
+  record = unassigned.fitted_calibration(logits, labels)
+  calibrated = calibrate.apply(record, logits)
+  top = calibrated.argmax(1)
+  one = unassigned.rule(record, "energy")
+  per_class = unassigned.rule(record, "energy", per_class=True)
+  assert len(per_class.class_thresholds) == 3 and per_class.class_thresholds[2] < one.threshold
+  assert one.unassigned(calibrated)[top == 2].mean() > 0.3  # far more than the 5% it keeps out overall
+  for c in range(3):
+    assert per_class.unassigned(calibrated)[top == c].mean() == pytest.approx(0.05, abs=0.02)
+  assert unassigned.rule(record, "energy", per_class=True).record()["class_thresholds"] == list(
+      per_class.class_thresholds)
+  few = unassigned.validation_quantiles_by_class(calibrated[::100])  # too few cells per class: no own threshold
+  assert all(q is None for q in few["energy"])

@@ -74,13 +74,15 @@ def test_paired_differences_follow_the_seeds():
           "+0.3667 ± 0.2517 | 3 of 3 seeds |") in table
 
 
-def test_per_cell_settings_pair_with_celltypist():
+def test_per_cell_settings_pair_with_the_logistic_regression_and_celltypist():
   runs = [dict(setting="annotate, split by donor", method=m, kind=k, seed=0, accuracy=a, macro_f1=a)
-          for m, k, a in [("model, anchored", "model", 0.9), (suite.PAIRED_CELL_BASELINE, "baseline", 0.8),
+          for m, k, a in [("model, anchored", "model", 0.9), ("CellTypist (best match)", "baseline", 0.8),
                           (suite.PAIRED_BASELINE, "baseline", 0.1), ("per-cell logistic regression", "baseline", 0.5)]]
-  (row,) = suite.paired(runs)
-  assert row["baseline"] == suite.PAIRED_CELL_BASELINE
-  assert row["accuracy_difference_mean"] == pytest.approx(0.1)
+  rows = suite.paired(runs)
+  assert [r["baseline"] for r in rows] == list(suite.PAIRED_CELL_BASELINES)
+  assert [r["accuracy_difference_mean"] for r in rows] == pytest.approx([0.4, 0.1])
+  without_celltypist = suite.paired([r for r in runs if not r["method"].startswith("CellTypist")])
+  assert [r["baseline"] for r in without_celltypist] == ["per-cell logistic regression"]
 
 
 def test_suite_runs_resumes_and_refuses_unknown_rows(config, tmp_path):

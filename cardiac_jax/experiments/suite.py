@@ -48,10 +48,11 @@ ROWS = {
 SEED_ROWS = tuple(r for r, (setting, _, _) in ROWS.items() if setting[0] != "annotate")
 ANNOTATION_ROWS = tuple(r for r in ROWS if r not in SEED_ROWS)
 
-# Model rows are also compared seed by seed with a reference: for the seed's type sequences the mean-expression
-# baseline (the strongest one in every setting measured), for per-cell annotation CellTypist.
+# Model rows are also compared seed by seed with references: for the seed's type sequences the mean-expression
+# baseline (the strongest one in every setting measured), for per-cell annotation the per-cell logistic regression
+# on the same genes (the bar every annotation model has to clear) and CellTypist where it is installed.
 PAIRED_BASELINE = "mean-expression logistic regression"
-PAIRED_CELL_BASELINE = "CellTypist (best match)"
+PAIRED_CELL_BASELINES = ("per-cell logistic regression", "CellTypist (best match)")
 
 
 def _baselines(config):
@@ -154,8 +155,8 @@ def summarize(runs):
 def paired(runs):
   """Each model row against its setting's reference seed by seed: the same split and cells, so differences pair.
 
-  The reference is CellTypist (best match) where the setting has it (per-cell annotation), else the
-  mean-expression logistic regression.
+  The references are, for per-cell annotation, the per-cell logistic regression and CellTypist (best match) where
+  the setting has them, else the mean-expression logistic regression.
 
   Returns:
     one dict per (setting, model method): the baseline, n seeds, mean and sd over seeds of the model's accuracy
@@ -164,18 +165,18 @@ def paired(runs):
   rows = []
   for setting in dict.fromkeys(r["setting"] for r in runs):
     in_setting = [r for r in runs if r["setting"] == setting]
-    names = {r["method"] for r in in_setting}
-    baseline = PAIRED_CELL_BASELINE if PAIRED_CELL_BASELINE in names else PAIRED_BASELINE
-    reference = {r["seed"]: r for r in in_setting if r["method"] == baseline}
-    models = [r for r in in_setting if r.get("kind", "model") == "model" and r["seed"] in reference]
-    for method in dict.fromkeys(r["method"] for r in models):
-      row = dict(setting=setting, method=method, baseline=baseline)
-      for metric in ("accuracy", "macro_f1"):
-        diff = np.array([r[metric] - reference[r["seed"]][metric] for r in models if r["method"] == method])
-        mean, sd = tables.mean_sd(diff)
-        row.update({"n": len(diff), f"{metric}_difference_mean": mean, f"{metric}_difference_std": sd,
-                    f"{metric}_wins": int((diff > 0).sum())})
-      rows.append(row)
+    per_cell = any(r["method"] == PAIRED_CELL_BASELINES[0] and r.get("kind") == "baseline" for r in in_setting)
+    for baseline in PAIRED_CELL_BASELINES if per_cell else (PAIRED_BASELINE,):
+      reference = {r["seed"]: r for r in in_setting if r["method"] == baseline}
+      models = [r for r in in_setting if r.get("kind", "model") == "model" and r["seed"] in reference]
+      for method in dict.fromkeys(r["method"] for r in models):
+        row = dict(setting=setting, method=method, baseline=baseline)
+        for metric in ("accuracy", "macro_f1"):
+          diff = np.array([r[metric] - reference[r["seed"]][metric] for r in models if r["method"] == method])
+          mean, sd = tables.mean_sd(diff)
+          row.update({"n": len(diff), f"{metric}_difference_mean": mean, f"{metric}_difference_std": sd,
+                      f"{metric}_wins": int((diff > 0).sum())})
+        rows.append(row)
   return rows
 
 
