@@ -375,6 +375,8 @@ def check_sequence_mode(config):
   if MODES[mode].per_cell and config.split.unit == "sequence":
     raise ConfigError(f"data.sequence_mode={mode!r} labels cells: split.unit must be 'cell' or 'donor' "
                       "(the 'sequence' unit splits the seed's type sequences)")
+  if config.data.input_scaling == "gene" and not MODES[mode].per_cell:
+    raise ConfigError("data.input_scaling='gene' is for per-cell sequences (data.sequence_mode 'anchored' or 'cell')")
   if MODES[mode].context and config.data.context_k < 1:
     raise ConfigError(f"data.context_k must be at least 1, got {config.data.context_k}")
   if config.model.pooling == "anchor" and not MODES[mode].context:
@@ -386,9 +388,15 @@ def _per_cell_split(j):
   return [np.flatnonzero(j.cell_split == s) for s in range(3)]
 
 
+def gene_scaling(config, preprocessing):
+  """(mean, scale) [genes] of the training cells for data.input_scaling='gene', or None (per-sequence z-score)."""
+  return (preprocessing.mean, preprocessing.scale) if config.data.input_scaling == "gene" else None
+
+
 def _cell_sequences(j):
   """Every cell of a split alone, one step: the no-context ablation."""
-  return [cell_sequences(j.x, j.times, cells, j.labels, max_len=j.config.data.max_len) for cells in _per_cell_split(j)]
+  return [cell_sequences(j.x, j.times, cells, j.labels, max_len=j.config.data.max_len,
+                         gene_scaling=gene_scaling(j.config, j.preprocessing)) for cells in _per_cell_split(j)]
 
 
 def _anchored_sequences(j):
@@ -398,7 +406,8 @@ def _anchored_sequences(j):
   groups = j.donors if data.context_by_donor and j.donors is not None else None
   return [
       anchored_sequences(j.x, embedding, j.times, cells, cells, n_times=j.n_times, k=data.context_k,
-                         max_len=data.max_len, labels=j.labels, groups=groups)
+                         max_len=data.max_len, labels=j.labels, groups=groups,
+                         gene_scaling=gene_scaling(j.config, j.preprocessing))
       for cells in _per_cell_split(j)
   ]
 

@@ -319,6 +319,8 @@ class EnhancedCardiacRNN(nn.Module):
       PyTorch's nn.MultiheadAttention does; False shares one mask across the batch (Flax's default).
     dtype: computation dtype, a name in DTYPES: 'float32' (default) or 'bfloat16' (activations and matrix
       products in bfloat16, float32 parameters and logits).
+    linear_path: add a linear map of the pooled input (the same steps the pooling reads, before any layer) to
+      the logits, so the network contains a logistic regression on the labelled cell's own inputs.
   """
   num_classes: int = 7
   hidden_dim: int = 128
@@ -334,6 +336,7 @@ class EnhancedCardiacRNN(nn.Module):
   layer_norm_eps: float = 1e-5
   attention_dropout_per_sequence: bool = True
   dtype: str = 'float32'
+  linear_path: bool = False
 
   @nn.compact
   def __call__(self, x, lengths, *, train: bool):
@@ -393,7 +396,11 @@ class EnhancedCardiacRNN(nn.Module):
       h = nn.LayerNorm(epsilon=self.layer_norm_eps, dtype=dtype, name=f'head_norm_{i}')(h)
       h = nn.relu(h)
       h = nn.Dropout(self.dropout, deterministic=not train)(h)
-    return nn.Dense(self.num_classes, dtype=dtype, name='classifier')(h).astype(jnp.float32)
+    logits = nn.Dense(self.num_classes, dtype=dtype, name='classifier')(h)
+    if self.linear_path:
+      pooled_input = jnp.sum(jnp.where(weights[..., None], x, 0.0), axis=1) / counts.astype(x.dtype)
+      logits = logits + nn.Dense(self.num_classes, dtype=dtype, name='linear_path')(pooled_input)
+    return logits.astype(jnp.float32)
 
 
 # Networks by name (config.model_name): each a Flax module class taking num_classes and the fields of
@@ -402,7 +409,8 @@ MODELS = {'enhanced_rnn': EnhancedCardiacRNN}
 # Config fields added after runs were written without them: a saved config lacking one gets the value those
 # runs were trained with (Flax's LayerNorm epsilon and shared attention-dropout mask; the one network there was).
 EARLIER_DEFAULTS = {'model_name': 'enhanced_rnn',
-                    'model': {'layer_norm_eps': 1e-6, 'attention_dropout_per_sequence': False}}
+                    'model': {'layer_norm_eps': 1e-6, 'attention_dropout_per_sequence': False, 'linear_path': False},
+                    'data': {'input_scaling': 'sequence'}}
 
 
 def create_model(config, num_classes):

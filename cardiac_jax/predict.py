@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from cardiac_jax import batches as batching
 from cardiac_jax import calibrate, integrity, parallel, unassigned
+from cardiac_jax.dataset import gene_scaling
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import predict_step
 from cardiac_jax.sequences import MODES, anchored_sequences, cell_sequences
@@ -140,11 +141,12 @@ def query_sequences(bundle, x, embedding, times, cells, groups=None):
     times: [cells] time-point indices; cells: rows to build sequences for; groups: [cells] donor, or None.
   """
   data = bundle.config.data
+  scaling = gene_scaling(bundle.config, bundle.preprocessing)
   if not MODES[bundle.sequence_mode].context:
-    return cell_sequences(x, times, cells, max_len=data.max_len)
+    return cell_sequences(x, times, cells, max_len=data.max_len, gene_scaling=scaling)
   everyone = np.arange(len(x))
   return anchored_sequences(x, embedding, times, cells, everyone, n_times=len(bundle.time_points),
-                            k=data.context_k, max_len=data.max_len, groups=groups)
+                            k=data.context_k, max_len=data.max_len, groups=groups, gene_scaling=scaling)
 
 
 def predict_cell_logits(bundle, x, times, groups=None, progress=True, data_parallel=None):

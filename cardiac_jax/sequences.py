@@ -126,6 +126,27 @@ class Sequences:
     return Sequences(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Sequences)))
 
 
+# data.input_scaling: 'sequence' (the seed's: each sequence z-scored over all its genes and steps) or 'gene' (each
+# gene standardised by the training cells' mean and spread, as a per-cell logistic regression's inputs are).
+INPUT_SCALINGS = ("sequence", "gene")
+# Gene-scaled values are clipped to this many training standard deviations (as the context embedding's are).
+GENE_CLIP = 10.0
+
+
+def scaled_and_padded(steps, lengths, max_len, gene_scaling=None):
+  """[n, max_len, genes] float32 of steps [n, steps, genes]: `standardize_and_pad` (per sequence), or with
+  `gene_scaling` = (mean, scale) [genes] each gene standardised by them and clipped to +-GENE_CLIP; zeros at
+  padded steps."""
+  if gene_scaling is None:
+    return standardize_and_pad(steps, lengths, max_len)
+  mean, scale = gene_scaling
+  n, width, genes = steps.shape
+  out = np.zeros((n, max_len, genes), np.float32)
+  scaled = np.clip((steps - mean) / scale, -GENE_CLIP, GENE_CLIP)
+  out[:, :width] = np.where(valid_steps(lengths, width)[:, :, None], scaled, 0)
+  return out
+
+
 def standardize_and_pad(steps, lengths, max_len):
   """Z-scores each sequence over its valid entries and zero-pads it to max_len.
 
@@ -187,19 +208,20 @@ def temporal_sequences(x, labels, times, pool, *, n_per_class, n_classes, max_le
   return Sequences.concatenate(parts)
 
 
-def cell_sequences(x, times, cells, labels=None, *, max_len):
+def cell_sequences(x, times, cells, labels=None, *, max_len, gene_scaling=None):
   """One sequence per cell of `cells`, the cell alone: [len(cells), max_len, genes], length 1 (no context).
 
   Args:
     x: [cells, genes] log expression; times: [cells] time-point indices; cells: [n] rows of x; labels: [cells]
-      int class ids, or None (-1).
+      int class ids, or None (-1); gene_scaling: (mean, scale) [genes] for per-gene scaling, or None (the
+      seed's per-sequence z-score; `scaled_and_padded`).
   """
   cells = np.asarray(cells, np.int64)
   n = len(cells)
   ids = np.full((n, max_len), -1, np.int64)
   ids[:, 0] = cells
   return Sequences(
-      x=standardize_and_pad(x[cells][:, None, :], np.ones(n, np.int32), max_len),
+      x=scaled_and_padded(x[cells][:, None, :], np.ones(n, np.int32), max_len, gene_scaling),
       lengths=np.ones(n, np.int32),
       labels=_labels_of(labels, cells),
       cell_ids=ids,
@@ -242,7 +264,8 @@ def nearest(query, reference, k):
   return out
 
 
-def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_len, labels=None, groups=None):
+def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_len, labels=None, groups=None,
+                       gene_scaling=None):
   """One sequence per anchor cell, its context chosen without labels.
 
   For an anchor at time point t, the sequence has a step for every time point where the anchor's context pool
@@ -257,9 +280,10 @@ def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_le
     anchors: [n] rows of the cells to label; pool: [m] rows that may serve as context.
     n_times: number of time points; k: neighbours averaged at a context step; max_len: padded length.
     labels: [cells] int class ids or None (then -1); groups: [cells] group of each cell, or None.
+    gene_scaling: (mean, scale) [genes] for per-gene scaling, or None (per-sequence z-score; `scaled_and_padded`).
 
   Returns:
-    Sequences in the order of `anchors`: x [n, max_len, genes + 1] (z-scored genes, then the anchor channel).
+    Sequences in the order of `anchors`: x [n, max_len, genes + 1] (scaled genes, then the anchor channel).
   """
   anchors = np.asarray(anchors, np.int64)
   pool = np.asarray(pool, np.int64)
@@ -294,7 +318,7 @@ def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_le
   padded_ids = np.full((n, max_len), -1, np.int64)
   padded_ids[:, :n_times] = ids
   out = np.zeros((n, max_len, genes + 1), np.float32)
-  out[:, :, :genes] = standardize_and_pad(steps, lengths, max_len)
+  out[:, :, :genes] = scaled_and_padded(steps, lengths, max_len, gene_scaling)
   out[np.arange(n), anchor_step, genes] = 1.0
   return Sequences(
       x=out, lengths=lengths, labels=_labels_of(labels, anchors), cell_ids=padded_ids,

@@ -31,7 +31,7 @@ from cardiac_jax import metrics as metrics_lib
 from cardiac_jax import workdir as rundir
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.model import DTYPES, LSTM_IMPLS, MODELS, POOLINGS, count_params, create_model, predict_step
-from cardiac_jax.sequences import MODES
+from cardiac_jax.sequences import INPUT_SCALINGS, MODES
 
 
 class TrainState(train_state.TrainState):
@@ -285,7 +285,7 @@ def config_choices():
       "model_name": tuple(MODELS), "model.pooling": POOLINGS, "model.dtype": tuple(DTYPES),
       "model.lstm_impl": LSTM_IMPLS, "data.source": datasets.SOURCES, "data.sequence_mode": tuple(MODES),
       "data.gene_selection": preprocess.GENE_SELECTIONS, "data.normalization": preprocess.NORMALIZATIONS,
-      "data.geo_matrix": tuple(readers.GEO_MATRICES), "split.unit": split.UNITS,
+      "data.geo_matrix": tuple(readers.GEO_MATRICES), "data.input_scaling": INPUT_SCALINGS, "split.unit": split.UNITS,
       "train.class_weighting": CLASS_WEIGHTINGS,
   }
 

@@ -231,6 +231,19 @@ class AnchorPoolingTest(absltest.TestCase):
                                anchor(params, x[:2].at[:, 3:].set(0.0), shorter[:2]),
                                atol=1e-5)  # padding does not matter
 
+  def test_the_linear_path_adds_a_linear_map_of_the_anchor_steps_input(self):
+    model = model_lib.EnhancedCardiacRNN(**SMALL, pooling='anchor', linear_path=True)
+    x, lengths = self._anchored([0, 2, 4], [5, 5, 5])
+    params = model.init(jax.random.key(0), x, lengths, train=False)['params']
+    linear = params['linear_path']
+    self.assertEqual(linear['kernel'].shape, (x.shape[-1], SMALL['num_classes']))
+    without = dict(params, linear_path=jax.tree.map(jnp.zeros_like, linear))
+    apply = functools.partial(model.apply, train=False)
+    anchor_input = x[jnp.arange(3), jnp.asarray([0, 2, 4])]
+    np.testing.assert_allclose(
+        apply({'params': params}, x, lengths) - apply({'params': without}, x, lengths),
+        anchor_input @ linear['kernel'] + linear['bias'], atol=1e-5)
+
   def test_unknown_pooling(self):
     x, lengths = _inputs(0, 1, 2, [2])
     with self.assertRaisesRegex(ValueError, "pooling must be one of"):

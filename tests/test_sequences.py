@@ -196,3 +196,18 @@ def test_cell_sequences_are_single_cells():
   np.testing.assert_array_equal(built.times, [[2, -1, -1], [0, -1, -1]])
   np.testing.assert_allclose(built.x[0, 0], (x[2] - x[2].mean()) / x[2].std(), atol=1e-6)
   assert not built.x[:, 1:].any()
+
+
+def test_gene_scaling_standardises_each_gene_as_the_training_cells_are():
+  rng = np.random.default_rng(3)
+  x = rng.gamma(2.0, size=(30, 4)).astype(np.float32)
+  times = np.repeat(np.arange(3), 10)
+  mean, scale = x.mean(0), x.std(0)
+  built = sequences.anchored_sequences(x, x[:, :2], times, np.array([0, 15]), np.arange(30), n_times=3, k=2,
+                                       max_len=4, gene_scaling=(mean, scale))
+  anchor_rows = built.x[np.arange(2), built.anchor, :4]
+  np.testing.assert_allclose(anchor_rows, (x[[0, 15]] - mean) / scale, atol=1e-5)  # the cell as an LR reads it
+  assert not built.x[:, 3:, :4].any()  # padding stays zero
+  alone = sequences.cell_sequences(x, times, np.array([7]), max_len=2, gene_scaling=(mean, scale))
+  np.testing.assert_allclose(alone.x[0, 0], (x[7] - mean) / scale, atol=1e-5)
+  assert not np.allclose(sequences.cell_sequences(x, times, np.array([7]), max_len=2).x[0, 0], alone.x[0, 0])

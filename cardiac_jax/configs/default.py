@@ -75,6 +75,9 @@ def get_config():
   # 'anchored' (one per cell, the cell among its nearest neighbours at the other days; needs no labels), or
   # 'cell' (each cell alone: the no-context ablation). Per-cell modes give per-cell test metrics.
   config.data.sequence_mode = "type"
+  # How a sequence's genes are scaled: 'sequence' (the seed's z-score over each sequence) or, for per-cell
+  # sequences, 'gene' (each gene by the training cells' mean and spread, as a logistic regression reads them).
+  config.data.input_scaling = "sequence"
   # anchored: neighbours averaged at each context day, found in a PCA space of the model's genes.
   config.data.context_k = 5
   # anchored: context from the anchor's own donor (its own time course) when the data name donors.
@@ -135,6 +138,9 @@ def get_config():
   # (Flax's defaults: 1e-6, one attention-dropout mask shared by the batch).
   config.model.layer_norm_eps = 1e-5
   config.model.attention_dropout_per_sequence = True
+  # A linear map from the pooled input (the labelled cell's own genes with anchor pooling) straight to the logits,
+  # beside the network: the model then contains a per-cell logistic regression on the same inputs.
+  config.model.linear_path = False
   # Computation dtype: 'float32', or 'bfloat16' (for accelerators; parameters stay float32). See model.DTYPES.
   config.model.dtype = "float32"
 

@@ -41,6 +41,10 @@ ROWS = {
                             {"train.class_weighting": "none"}),
     "cell-alone": (("annotate", "donor"), "model, each cell alone",
                    {"data.sequence_mode": "cell", "model.pooling": "mean"}),
+    "anchored-gene-scaled": (("annotate", "donor"), "model, anchored, genes scaled as the training cells'",
+                             {"data.input_scaling": "gene"}),
+    "anchored-linear-path": (("annotate", "donor"), "model, anchored, genes scaled, linear path",
+                             {"data.input_scaling": "gene", "model.linear_path": True}),
 }
 
 
