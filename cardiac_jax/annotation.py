@@ -183,7 +183,7 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
 
 def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, normalization="auto",
              unassigned_score=unassigned.DEFAULT_SCORE, threshold=None, keep_known=unassigned.KEEP_KNOWN,
-             progress=True):
+             per_class=None, progress=True):
   """Labels every cell of an AnnData; returns an AnnotationResult (`.to_adata()`: the annotated copy).
 
   Probabilities are calibrated with the run's calibration (temperature or vector scaling, chosen on the
@@ -196,12 +196,13 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
     donor_key: obs column of the donor (context comes from each cell's own donor); None: the training
       config's, if present; '' for none.
     gene_key: var column of gene names (default var_names); normalization: 'auto' or what X holds.
-    unassigned_score, threshold, keep_known: a cell is 'Unassigned' when its score (unassigned.SCORES; 'none':
-      never) is below `threshold`, by default the one that keeps a share `keep_known` of the run's validation
-      cells assigned (unassigned.rule).
+    unassigned_score, threshold, keep_known, per_class: a cell is 'Unassigned' when its score
+      (unassigned.SCORES; 'none': never) is below `threshold`, by default the threshold of its class that keeps a
+      share `keep_known` of that class's validation cells assigned (per_class=False: one threshold for all
+      cells; unassigned.rule).
   """
   rule = unassigned.rule(bundle.calibration, unassigned_score, threshold, keep_known,
-                         where=bundle.workdir / workdir.CALIBRATION)
+                         where=bundle.workdir / workdir.CALIBRATION, per_class=per_class)
   path = preprocess.source_path(adata) if isinstance(adata, anndata.AnnData) else "<AnnData>"
   return _annotate(bundle, adata, path, time_key=time_key, donor_key=donor_key, gene_key=gene_key,
                    normalization=normalization, rule=rule, progress=progress)
@@ -209,7 +210,7 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
 
 def annotate_file(run, input_path, output_path, *, time_key=None, donor_key=None, gene_key=None,
                   normalization="auto", unassigned_score=unassigned.DEFAULT_SCORE, threshold=None,
-                  keep_known=unassigned.KEEP_KNOWN, geo_matrix="counts", progress=True):
+                  keep_known=unassigned.KEEP_KNOWN, per_class=None, geo_matrix="counts", progress=True):
   """Annotates an .h5ad file or a GSE175634-layout GEO folder into a new .h5ad at output_path.
 
   `run` is a workdir (or its loaded Bundle). The output is written completely or not at all (a temporary file
@@ -230,7 +231,7 @@ def annotate_file(run, input_path, output_path, *, time_key=None, donor_key=None
   bundle = run if isinstance(run, workdir.Bundle) else workdir.load(run)
   predict.check_can_annotate(bundle)  # before a GEO folder's matrix is read
   rule = unassigned.rule(bundle.calibration, unassigned_score, threshold, keep_known,
-                         where=bundle.workdir / workdir.CALIBRATION)
+                         where=bundle.workdir / workdir.CALIBRATION, per_class=per_class)
   settings = dict(time_key=time_key, donor_key=donor_key, gene_key=gene_key, normalization=normalization, rule=rule,
                   progress=progress)
   if input_path.is_dir():

@@ -30,8 +30,8 @@ DEFAULT_SCORE = "energy"
 KEEP_KNOWN = 0.95
 # The rule's score names: a score, or 'none' (every cell gets its most probable class).
 RULE_SCORES = ("none",) + tuple(SCORES)
-# A class's own threshold (Mondrian: one per predicted class) needs at least this many validation cells predicted
-# as that class; a class with fewer takes the threshold of all validation cells.
+# A class's own threshold (Mondrian: one per class) needs at least this many validation cells of that class; a
+# class with fewer takes the threshold of all validation cells.
 MIN_CLASS_CELLS = 20
 
 
@@ -47,26 +47,26 @@ def validation_quantiles(calibrated):
   return {name: np.quantile(score(name, calibrated), QUANTILES).tolist() for name in SCORES}
 
 
-def validation_quantiles_by_class(calibrated):
-  """{score name: per class, the QUANTILES of the score over the validation cells whose most probable class it is
-  (None for a class with fewer than MIN_CLASS_CELLS of them)} of validation cells' calibrated logits."""
-  top = np.asarray(calibrated).argmax(1)
+def validation_quantiles_by_class(calibrated, labels):
+  """{score name: per class, the QUANTILES of the score over the validation cells of that class (None for a class
+  with fewer than MIN_CLASS_CELLS of them)} of validation cells' calibrated logits [n, classes] and labels [n]."""
+  labels = np.asarray(labels)
   out = {}
   for name in SCORES:
     values = score(name, calibrated)
-    out[name] = [np.quantile(values[top == c], QUANTILES).tolist() if (top == c).sum() >= MIN_CLASS_CELLS else None
-                 for c in range(np.shape(calibrated)[1])]
+    out[name] = [np.quantile(values[labels == c], QUANTILES).tolist() if (labels == c).sum() >= MIN_CLASS_CELLS
+                 else None for c in range(np.shape(calibrated)[1])]
   return out
 
 
 def fitted_calibration(val_logits, val_labels):
   """A run's calibration record: calibrate.fit on the validation logits [n, classes] and labels [n], with the
   validation quantiles of every score under the chosen map, over all validation cells ('val_score_quantiles') and
-  per predicted class ('val_score_quantiles_by_class')."""
+  per class ('val_score_quantiles_by_class')."""
   record = calibrate.fit(val_logits, val_labels)
   calibrated = calibrate.apply(record, val_logits)
   record["val_score_quantiles"] = validation_quantiles(calibrated)
-  record["val_score_quantiles_by_class"] = validation_quantiles_by_class(calibrated)
+  record["val_score_quantiles_by_class"] = validation_quantiles_by_class(calibrated, val_labels)
   return record
 
 
@@ -80,8 +80,8 @@ def threshold(record, name, keep=KEEP_KNOWN):
 
 
 def class_thresholds(record, name, keep=KEEP_KNOWN):
-  """Per class, the score below which a cell predicted as that class is 'Unassigned': the (1 - keep) quantile of
-  the validation cells predicted as that class (Mondrian), or `threshold` where the class had too few of them."""
+  """Per class, the score below which a cell labelled with that class is 'Unassigned': the (1 - keep) quantile of
+  the scores of that class's validation cells (Mondrian), or `threshold` where the class had too few of them."""
   overall = threshold(record, name, keep)
   return tuple(overall if q is None else float(np.interp(1.0 - keep, QUANTILES, q))
                for q in record["val_score_quantiles_by_class"][name])
@@ -95,8 +95,8 @@ class Rule:
     score: a name in SCORES, or 'none' (every cell gets its most probable class).
     threshold: the score below which a cell is Unassigned.
     chosen_by: how the threshold was chosen, in words (for the output's uns and the log).
-    class_thresholds: per class, the threshold for cells whose most probable class it is (Mondrian), or () for
-      `threshold` for every cell.
+    class_thresholds: per class, the threshold for cells whose most probable class it is (chosen on that class's
+      validation cells: Mondrian), or () for `threshold` for every cell.
   """
 
   score: str
@@ -123,10 +123,11 @@ NO_RULE = Rule("none", float("-inf"), "no cell is left unassigned")
 
 
 def rule(calibration, score_name=DEFAULT_SCORE, threshold_value=None, keep_known=KEEP_KNOWN, where="<run>",
-         per_class=False):
-  """The Rule for a run's calibration record: `threshold_value` as given, or else the threshold that keeps a share
-  `keep_known` of the run's validation cells assigned; with `per_class`, of each predicted class's validation
-  cells (Mondrian). `where` names the run in errors."""
+         per_class=None):
+  """The Rule for a run's calibration record: `threshold_value` as given, or else thresholds that keep a share
+  `keep_known` of the run's validation cells assigned: with `per_class` (the default, None: where the record has
+  per-class quantiles) one per class, chosen on that class's validation cells (Mondrian), so that a rare class
+  whose scores run low is not left out whole; else one for all cells. `where` names the run in errors."""
   if score_name not in RULE_SCORES:
     raise ConfigError(f"unknown unassigned score {score_name!r}; known: {list(RULE_SCORES)}")
   if score_name == "none":
@@ -140,6 +141,8 @@ def rule(calibration, score_name=DEFAULT_SCORE, threshold_value=None, keep_known
   if not calibration or "val_score_quantiles" not in calibration:
     raise ConfigError(f"{where}: has no validation scores (a run of an earlier version); "
                       "give the threshold instead (--threshold)")
+  if per_class is None:
+    per_class = "val_score_quantiles_by_class" in calibration
   if per_class:
     if "val_score_quantiles_by_class" not in calibration:
       raise ConfigError(f"{where}: has no validation scores per class (a run of an earlier version)")

@@ -5,8 +5,8 @@ given its most probable class and the per-cell logistic regression on the same g
 
 Each workdir is a finished per-cell run (e.g. the suite's `anchored` rows). Its thresholds come from its own
 validation cells (held-out donors), under the calibration the run chose: one threshold for all cells that keeps
-95% of them assigned (the default), or one per predicted class that keeps 95% of that class's validation cells
-assigned (Mondrian). The test cells are scored once per run. Prints a markdown table (mean ± sd over runs, and
+95% of them assigned (the default), or one per class that keeps 95% of that class's validation cells assigned,
+applied to the cells labelled with that class (Mondrian). The test cells are scored once per run. Prints a markdown table (mean ± sd over runs, and
 paired differences against the logistic regression) and, per rule, the lowest share of a class's top-class
 recall that its labels keep.
 """
@@ -35,7 +35,7 @@ def score_run(workdir):
   data = dataset.prepare(bundle.config)
   val_logits = predict.predict_logits(bundle, data.val)
   record = dict(bundle.calibration, val_score_quantiles_by_class=unassigned.validation_quantiles_by_class(
-      calibrate.apply(bundle.calibration, val_logits)))
+      calibrate.apply(bundle.calibration, val_logits), data.val.labels))
   test, _ = rundir.load_test_sequences(workdir)
   logits = predict.predict_logits(bundle, test)
   reports = {}

@@ -64,10 +64,12 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   np.testing.assert_allclose(out.obsm[annotation.PROBABILITIES_KEY], expected, atol=1e-6)
   np.testing.assert_array_equal(out.obs_names, names[np.arange(len(names)), test.anchor])
   best = np.asarray(bundle.classes)[expected.argmax(1)]
-  # the default rule: the energy (logsumexp) of the calibrated logits below the threshold that keeps 95% of
-  # validation cells assigned
+  # the default rule: the energy (logsumexp) of the calibrated logits below the threshold of the cell's class that
+  # keeps 95% of that class's validation cells assigned
   energy = calibrate.logsumexp(calibrate.apply(bundle.calibration, result.logits))
-  confident = energy >= unassigned.threshold(bundle.calibration, "energy", 0.95)
+  limits = np.asarray(unassigned.class_thresholds(bundle.calibration, "energy", 0.95))
+  confident = energy >= limits[expected.argmax(1)]
+  assert result.info["unassigned"]["chosen_by"].startswith("keeps 95% of each class's validation cells")
   assert result.info["unassigned"]["score"] == unassigned.DEFAULT_SCORE == "energy"
   assert 0 < (~confident).sum() < len(confident)
   labels = out.obs[annotation.LABEL_KEY].astype(str).to_numpy()
@@ -140,8 +142,10 @@ def test_the_unassigned_rule(run):
   # the default threshold leaves 5% of the run's validation cells (known types) unassigned
   val_logits = predict.predict_logits(bundle, data.val)
   for score in unassigned.SCORES:
-    rule = unassigned.rule(bundle.calibration, score)
+    rule = unassigned.rule(bundle.calibration, score, per_class=False)
     assert rule.unassigned(bundle.calibrated(val_logits)).mean() == pytest.approx(0.05, abs=0.01)
+    per_class = unassigned.rule(bundle.calibration, score)  # the default: each class's own threshold
+    assert len(per_class.class_thresholds) == len(bundle.classes)
   given = annotation.annotate(bundle, query, unassigned_score="energy", threshold=1.5, progress=False)
   energy = unassigned.score("energy", bundle.calibrated(given.logits))
   np.testing.assert_array_equal(given.labels == unassigned.UNASSIGNED, energy < 1.5)

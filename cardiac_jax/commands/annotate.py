@@ -28,6 +28,9 @@ flags.DEFINE_enum("unassigned_score", unassigned.DEFAULT_SCORE, unassigned.RULE_
 flags.DEFINE_float("keep_known", unassigned.KEEP_KNOWN, "Without --threshold: the threshold keeps this share of "
                    "the run's validation cells (known types, held-out donors) assigned.")
 flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unassigned' (overrides --keep_known).")
+flags.DEFINE_bool("per_class", True, "Without --threshold: one threshold per class, each keeping --keep_known of "
+                  "that class's validation cells assigned (a rare class is not left out whole); "
+                  "--noper_class: one threshold for all cells.")
 flags.DEFINE_string("geo_matrix", "counts", "For a GEO folder: 'counts' or 'sctransform'.")
 
 
@@ -35,4 +38,5 @@ def main():
   annotation.annotate_file(
       FLAGS.workdir, FLAGS.input, FLAGS.output, time_key=FLAGS.time_key, donor_key=FLAGS.donor_key,
       gene_key=FLAGS.gene_key, normalization=FLAGS.normalization, unassigned_score=FLAGS.unassigned_score,
-      threshold=FLAGS.threshold, keep_known=FLAGS.keep_known, geo_matrix=FLAGS.geo_matrix)
+      threshold=FLAGS.threshold, keep_known=FLAGS.keep_known, per_class=None if FLAGS.per_class else False,
+      geo_matrix=FLAGS.geo_matrix)
