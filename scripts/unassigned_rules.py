@@ -21,9 +21,9 @@ from cardiac_jax.experiments import baselines, tables
 
 RULES = {
     "top class (no Unassigned)": dict(score_name="none"),
-    "energy, one threshold (default)": dict(score_name="energy"),
-    "energy, per class": dict(score_name="energy", per_class=True),
-    "probability, one threshold": dict(score_name="probability"),
+    "energy, one threshold": dict(score_name="energy", per_class=False),
+    "energy, per class (default)": dict(score_name="energy", per_class=True),
+    "probability, one threshold": dict(score_name="probability", per_class=False),
     "probability, per class": dict(score_name="probability", per_class=True),
 }
 LOGISTIC_REGRESSION = "per-cell logistic regression"
