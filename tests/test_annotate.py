@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardiac_jax import annotation, calibrate, cli, dataset, predict, readers, report, training, unassigned
+from cardiac_jax import annotation, calibrate, cli, dataset, metrics, predict, readers, report, training, unassigned
 from cardiac_jax import workdir as rundir
 from cardiac_jax.experiments import trust
 from cardiac_jax.errors import ConfigError, DataError
@@ -108,6 +108,13 @@ def test_eval_and_annotate_give_every_test_cell_the_same_label(run, tmp_path):
   assert results["test_accuracy"] == pytest.approx(report_json["accuracy"])
   assert results["test_macro_f1"] == pytest.approx(report_json["macro_f1"])
   assert results["test_raw_logit_accuracy"] == pytest.approx(report_json["raw_logit_accuracy"])
+  bundle_val = predict.predict(bundle, training_data(bundle).val)
+  assert results["val_top_class_macro_f1"] == pytest.approx(metrics.classification_report(
+      training_data(bundle).val.labels, bundle_val.top_class, bundle.classes)["macro_f1"])
+
+
+def training_data(bundle):
+  return dataset.prepare(bundle.config)
 
 
 def test_shuffled_genes_and_cells_give_the_same_labels(run):

@@ -88,9 +88,10 @@ def _train_row(config, workdir):
   wall time."""
   tables.trained(config, workdir)
   *_, scored = report.test_report(rundir.load(workdir))
+  results = rundir.read_results(workdir)
   return {"accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"],
-          "raw_logit_accuracy": scored["raw_logit_accuracy"],
-          "seconds": rundir.read_results(workdir)["seconds"]["total"]}
+          "raw_logit_accuracy": scored["raw_logit_accuracy"], "val_accuracy": results["val_accuracy"],
+          "val_top_class_macro_f1": results.get("val_top_class_macro_f1"), "seconds": results["seconds"]["total"]}
 
 
 def run(config, workdir, seeds, rows=SEED_ROWS, scales=None):
