@@ -71,12 +71,8 @@ def quality_control(adata, *, time_key, label_key, donor_key="", time_order=()):
     if key and key not in adata.obs.columns:
       raise DataError(path, f"no {role} column {key!r}; columns are {list(adata.obs.columns)}")
   x = adata.X
-  values = x.data if sp.issparse(x) else x
-  bad = ~np.isfinite(values)
-  n_nonfinite = int(bad.sum())
-  if n_nonfinite:
-    values[bad] = 0
-  check_not_negative(values, matrix_path(adata))
+  n_nonfinite = zero_nonfinite(x)
+  check_not_negative(x, matrix_path(adata))
   stripped = 0
   for key in (time_key, label_key, donor_key):
     if key:
@@ -129,6 +125,15 @@ def _stripped(column):
   clean = text.where(~strings, text[strings].str.strip())
   changed = int((clean[strings] != text[strings]).sum())
   return (clean if changed else column), changed
+
+
+def zero_nonfinite(x):
+  """Sets the NaN and infinite entries of X (an array, or a sparse matrix's stored values) to 0 in place, as
+  quality control does; returns how many there were."""
+  values = x.data if sp.issparse(x) else x
+  bad = ~np.isfinite(values)
+  values[bad] = 0
+  return int(bad.sum())
 
 
 def check_not_negative(values, path):
@@ -435,23 +440,27 @@ class Preprocessing:
     path, matrix = source_path(adata), matrix_path(adata)
     names = _gene_names(adata, gene_key, path)
     columns, missing = self.match_genes(names, path)
-    report = {"nonfinite_values_set_to_zero": 0, "no_counts": []}
 
     def cleaned(lo):
-      block = _csr(adata.X[lo : lo + TRANSFORM_BLOCK]).copy()  # cleaned here, never in the caller's X
-      bad = ~np.isfinite(block.data)
-      report["nonfinite_values_set_to_zero"] += int(bad.sum())
-      block.data[bad] = 0
+      """(CSR row block of X from row lo, its non-finite values set to 0 in a copy, how many there were)."""
+      block = _csr(adata.X[lo : lo + TRANSFORM_BLOCK]).copy()  # the caller's X is never changed
+      nonfinite = zero_nonfinite(block)
       check_not_negative(block, matrix)
-      report["no_counts"].append(np.asarray(block.sum(axis=1)).ravel() <= 0)
-      return block
+      return block, nonfinite
 
-    kind = check_kind(cleaned(0), normalization, matrix) if adata.n_obs else "counts"
-    report["no_counts"] = []
-    report["nonfinite_values_set_to_zero"] = 0
-    x = self.transform_blocks((cleaned(lo) for lo in range(0, adata.n_obs, TRANSFORM_BLOCK)), columns, kind)
-    report["no_counts"] = np.concatenate(report["no_counts"]) if report["no_counts"] else np.zeros(0, bool)
-    return x, dict(report, normalization=kind, missing_genes=missing)
+    kind = check_kind(cleaned(0)[0], normalization, matrix) if adata.n_obs else "counts"
+    nonfinite, no_counts = [], []
+
+    def blocks():
+      for lo in range(0, adata.n_obs, TRANSFORM_BLOCK):
+        block, count = cleaned(lo)
+        nonfinite.append(count)
+        no_counts.append(np.asarray(block.sum(axis=1)).ravel() <= 0)
+        yield block
+
+    x = self.transform_blocks(blocks(), columns, kind)
+    return x, {"normalization": kind, "missing_genes": missing, "nonfinite_values_set_to_zero": sum(nonfinite),
+               "no_counts": np.concatenate(no_counts) if no_counts else np.zeros(0, bool)}
 
   def to_json(self):
     fields = dataclasses.asdict(self)
