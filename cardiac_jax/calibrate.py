@@ -184,13 +184,19 @@ def choose(logits, labels):
                   "standard_error": standard_error}
 
 
-def fit(val_logits, val_labels):
+# What a run's calibration map is (config train.calibration_method): 'auto' (`choose`), or a name in METHODS.
+CHOICES = ("auto",) + tuple(METHODS)
+
+
+def fit(val_logits, val_labels, method="auto"):
   """The calibration record of a run: every method in METHODS fitted on all validation cells (under its name),
-  the chosen one ('method', 'scale', 'bias' [classes]) and how it was chosen ('choice'), and the validation NLL
-  and ECE before and after the chosen map."""
+  the one used ('method', 'scale', 'bias' [classes]: `method`, or with 'auto' the one `choose` picks) and how it
+  was chosen ('choice'), and the validation NLL and ECE before and after that map."""
+  if method not in CHOICES:
+    raise ValueError(f"calibration method must be one of {CHOICES}, not {method!r}")
   logits, labels = np.asarray(val_logits, np.float64), np.asarray(val_labels)
   fits = {m: fit_map(m, logits, labels) for m in METHODS}
-  method, choice = choose(logits, labels)
+  method, choice = choose(logits, labels) if method == "auto" else (method, {"rule": "named in the run's config"})
   scale, bias = fits[method]
   record = {"method": method, "scale": scale.tolist(), "bias": bias.tolist(), "choice": choice,
             **{m: METHODS[m].saved(*fits[m]) for m in METHODS}}

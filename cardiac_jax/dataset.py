@@ -27,6 +27,7 @@ from cardiac_jax.sequences import (
     pseudo_label_spots,
     spatial_sequences,
     temporal_sequences,
+    with_time_channels,
 )
 
 SOURCES = ("simulated", "geo", "h5ad")
@@ -267,7 +268,7 @@ def _prepare(config):
   fractions = tuple(config.split.fractions)
   cell_split = splitting.split_cells(
       labels, donors, unit=unit, fractions=fractions, seed=config.seed, classes=classes, path=path,
-      folds=config.split.folds, fold=config.split.fold,
+      folds=config.split.folds, fold=config.split.fold, max_train=config.split.max_train_cells,
   )
   train_cells = np.flatnonzero(cell_split == 0)
   fitted, x = preprocess.fit(
@@ -377,6 +378,11 @@ def check_sequence_mode(config):
                       "(the 'sequence' unit splits the seed's type sequences)")
   if config.data.input_scaling == "gene" and not MODES[mode].per_cell:
     raise ConfigError("data.input_scaling='gene' is for per-cell sequences (data.sequence_mode 'anchored' or 'cell')")
+  if config.train.linear_start and not (config.model.linear_path and MODES[mode].per_cell):
+    raise ConfigError("train.linear_start starts the linear path of a per-cell model: it needs model.linear_path=True "
+                      "and data.sequence_mode 'anchored' or 'cell'")
+  if config.data.time_channels and not MODES[mode].per_cell:
+    raise ConfigError("data.time_channels is for per-cell sequences (data.sequence_mode 'anchored' or 'cell')")
   if MODES[mode].context and config.data.context_k < 1:
     raise ConfigError(f"data.context_k must be at least 1, got {config.data.context_k}")
   if config.model.pooling == "anchor" and not MODES[mode].context:
@@ -393,10 +399,17 @@ def gene_scaling(config, preprocessing):
   return (preprocessing.mean, preprocessing.scale) if config.data.input_scaling == "gene" else None
 
 
+def model_inputs(config, sequences, n_genes, n_times):
+  """Per-cell sequences as the model reads them: with each step's time point as one-hot channels after the genes
+  where config.data.time_channels (the same for the training splits and any query)."""
+  return with_time_channels(sequences, n_genes, n_times) if config.data.time_channels else sequences
+
+
 def _cell_sequences(j):
   """Every cell of a split alone, one step: the no-context ablation."""
-  return [cell_sequences(j.x, j.times, cells, j.labels, max_len=j.config.data.max_len,
-                         gene_scaling=gene_scaling(j.config, j.preprocessing)) for cells in _per_cell_split(j)]
+  return [model_inputs(j.config, cell_sequences(j.x, j.times, cells, j.labels, max_len=j.config.data.max_len,
+                                                gene_scaling=gene_scaling(j.config, j.preprocessing)),
+                       j.x.shape[1], j.n_times) for cells in _per_cell_split(j)]
 
 
 def _anchored_sequences(j):
@@ -405,9 +418,10 @@ def _anchored_sequences(j):
   embedding = j.preprocessing.embed(j.x)
   groups = j.donors if data.context_by_donor and j.donors is not None else None
   return [
-      anchored_sequences(j.x, embedding, j.times, cells, cells, n_times=j.n_times, k=data.context_k,
-                         max_len=data.max_len, labels=j.labels, groups=groups,
-                         gene_scaling=gene_scaling(j.config, j.preprocessing))
+      model_inputs(j.config, anchored_sequences(j.x, embedding, j.times, cells, cells, n_times=j.n_times,
+                                                k=data.context_k, max_len=data.max_len, labels=j.labels,
+                                                groups=groups, gene_scaling=gene_scaling(j.config, j.preprocessing)),
+                   j.x.shape[1], j.n_times)
       for cells in _per_cell_split(j)
   ]
 

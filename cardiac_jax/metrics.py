@@ -20,17 +20,41 @@ def batch_sums(logits, labels, mask, label_smoothing=0.0):
     label_smoothing: applied to the loss (the seed trains with 0.1 and reports the same smoothed loss).
 
   Returns:
-    {'loss': sum of per-example losses, 'correct': number right, 'count': number of real examples}.
+    {'loss': sum of per-example losses, 'correct': number right, 'count': number of real examples,
+     'confusion': [classes, classes] counts of (true class, predicted class)}.
   """
   losses = example_losses(logits, labels, label_smoothing)
-  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  return {"loss": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask)}
+  predicted = jnp.argmax(logits, -1)
+  correct = (predicted == labels).astype(jnp.float32)
+  n_classes = logits.shape[-1]
+  confusion = jax.nn.one_hot(labels, n_classes).T @ (jax.nn.one_hot(predicted, n_classes) * mask[:, None])
+  return {"loss": jnp.sum(losses * mask), "correct": jnp.sum(correct * mask), "count": jnp.sum(mask),
+          "confusion": confusion}
+
+
+def f1_scores(confusion, actual):
+  """(precision, recall, F1) [classes] from a confusion matrix (rows = true class) and each class's number of
+  cells `actual` (the row sums, plus any cells given no label); 0 where undefined."""
+  confusion, actual = np.asarray(confusion, np.float64), np.asarray(actual, np.float64)
+  n, true_pos, predicted = len(actual), np.diag(confusion), confusion.sum(0)
+  precision = np.divide(true_pos, predicted, out=np.zeros(n), where=predicted > 0)
+  recall = np.divide(true_pos, actual, out=np.zeros(n), where=actual > 0)
+  f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=precision + recall > 0)
+  return precision, recall, f1
+
+
+def macro_f1(f1, actual):
+  """The mean F1 over the classes that have cells."""
+  present = np.asarray(actual) > 0
+  return float(np.asarray(f1)[present].mean()) if present.any() else 0.0
 
 
 def normalize(sums):
-  """Epoch sums -> {'loss': mean loss, 'accuracy': fraction right}."""
+  """Epoch sums -> {'loss': mean loss, 'accuracy': fraction right, 'macro_f1': mean F1 over the classes present}."""
   count = max(float(sums["count"]), 1.0)
-  return {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count}
+  actual = np.asarray(sums["confusion"]).sum(1)
+  return {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count,
+          "macro_f1": macro_f1(f1_scores(sums["confusion"], actual)[2], actual)}
 
 
 def add(a, b):
@@ -48,16 +72,12 @@ def classification_report(labels, predictions, classes):
   assigned = predictions >= 0
   confusion = np.zeros((n, n), np.int64)
   np.add.at(confusion, (labels[assigned], predictions[assigned]), 1)
-  true_pos = np.diag(confusion).astype(np.float64)
-  predicted = confusion.sum(0)
   actual = np.bincount(labels, minlength=n)
   unassigned = np.bincount(labels[~assigned], minlength=n)
-  precision = np.divide(true_pos, predicted, out=np.zeros(n), where=predicted > 0)
-  recall = np.divide(true_pos, actual, out=np.zeros(n), where=actual > 0)
-  f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(n), where=precision + recall > 0)
+  precision, recall, f1 = f1_scores(confusion, actual)
   return {
-      "accuracy": float(true_pos.sum() / max(len(labels), 1)),
-      "macro_f1": float(f1[actual > 0].mean()) if (actual > 0).any() else 0.0,
+      "accuracy": float(np.trace(confusion) / max(len(labels), 1)),
+      "macro_f1": macro_f1(f1, actual),
       "unassigned": float((~assigned).mean()) if len(labels) else 0.0,
       "per_class": {
           name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),

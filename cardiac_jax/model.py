@@ -407,10 +407,12 @@ class EnhancedCardiacRNN(nn.Module):
 # config.model.
 MODELS = {'enhanced_rnn': EnhancedCardiacRNN}
 # Config fields added after runs were written without them: a saved config lacking one gets the value those
-# runs were trained with (Flax's LayerNorm epsilon and shared attention-dropout mask; the one network there was).
+# runs were trained with (Flax's LayerNorm epsilon and shared attention-dropout mask; the one network there was;
+# the inputs, calibration choice and training cells there were).
 EARLIER_DEFAULTS = {'model_name': 'enhanced_rnn',
                     'model': {'layer_norm_eps': 1e-6, 'attention_dropout_per_sequence': False, 'linear_path': False},
-                    'data': {'input_scaling': 'sequence'}}
+                    'data': {'input_scaling': 'sequence', 'time_channels': False},
+                    'train': {'calibration_method': 'auto', 'linear_start': False, 'early_stopping_metric': 'accuracy'}, 'split': {'max_train_cells': 0}}
 
 
 def create_model(config, num_classes):

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from cardiac_jax import batches as batching
 from cardiac_jax import calibrate, integrity, parallel, unassigned
-from cardiac_jax.dataset import gene_scaling
+from cardiac_jax.dataset import gene_scaling, model_inputs
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import predict_step
 from cardiac_jax.sequences import MODES, anchored_sequences, cell_sequences
@@ -140,13 +140,14 @@ def query_sequences(bundle, x, embedding, times, cells, groups=None):
     x: [cells, genes] log expression of the query (`Preprocessing.transform`); embedding: its context space.
     times: [cells] time-point indices; cells: rows to build sequences for; groups: [cells] donor, or None.
   """
-  data = bundle.config.data
+  data, n_times = bundle.config.data, len(bundle.time_points)
   scaling = gene_scaling(bundle.config, bundle.preprocessing)
   if not MODES[bundle.sequence_mode].context:
-    return cell_sequences(x, times, cells, max_len=data.max_len, gene_scaling=scaling)
-  everyone = np.arange(len(x))
-  return anchored_sequences(x, embedding, times, cells, everyone, n_times=len(bundle.time_points),
-                            k=data.context_k, max_len=data.max_len, groups=groups, gene_scaling=scaling)
+    sequences = cell_sequences(x, times, cells, max_len=data.max_len, gene_scaling=scaling)
+  else:
+    sequences = anchored_sequences(x, embedding, times, cells, np.arange(len(x)), n_times=n_times,
+                                   k=data.context_k, max_len=data.max_len, groups=groups, gene_scaling=scaling)
+  return model_inputs(bundle.config, sequences, x.shape[1], n_times)
 
 
 def predict_cell_logits(bundle, x, times, groups=None, progress=True, data_parallel=None):

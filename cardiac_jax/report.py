@@ -101,7 +101,7 @@ def evaluate(workdir):
   config, record, classes = bundle.config, bundle.record, list(bundle.classes)
   report.update(
       best_epoch=bundle.checkpoint["best_epoch"],
-      best_val_accuracy=bundle.checkpoint["best_val_accuracy"],
+      best_val_accuracy=bundle.checkpoint["val_accuracy"],
       parameters=count_params(bundle.params),
       split_unit=config.split.unit,
       sequence_mode=config.data.sequence_mode,

@@ -87,7 +87,6 @@ class Sequences:
   Attributes:
     x: [n, max_len, genes] float32, z-scored over each sequence's valid steps, zeros after them.
     lengths: [n] int32 valid steps (padding is at the end).
-    labels: [n] int32 class ids.
     labels: [n] int32 class ids (-1 where unknown: a query being annotated).
     cell_ids: [n, max_len] int64 rows of the cells used (-1 at padding and at spatial steps); at an anchored
       sequence's context steps, the nearest of the cells averaged there.
@@ -229,6 +228,14 @@ def cell_sequences(x, times, cells, labels=None, *, max_len, gene_scaling=None):
       anchor=np.zeros(n, np.int32),
       times=_padded_times(np.asarray(times, np.int32)[cells][:, None], max_len),
   )
+
+
+def with_time_channels(sequences, n_genes, n_times):
+  """The sequences with a one-hot of each step's time point (n_times channels, zeros at padding) inserted after
+  the first n_genes channels (the genes; an anchor channel stays last): x [n, max_len, features + n_times]."""
+  one_hot = (sequences.times[..., None] == np.arange(n_times)).astype(np.float32)
+  x = np.concatenate([sequences.x[..., :n_genes], one_hot, sequences.x[..., n_genes:]], axis=-1)
+  return dataclasses.replace(sequences, x=x)
 
 
 def _padded_times(times, max_len):

@@ -12,6 +12,8 @@ from cardiac_jax.preprocess import natural_key
 
 SPLITS = ("train", "val", "test")
 UNITS = ("sequence", "cell", "donor")
+# Split id of a cell in no split (a training cell left out of a small reference: split.max_train_cells).
+UNUSED = -1
 # Random donor partitions tried; the one whose per-split type mix is closest to the whole is kept.
 DONOR_TRIALS = 200
 
@@ -86,7 +88,7 @@ def _donor_split(labels, donors, fractions, rng, n_classes, path, folds=0, fold=
   return best[donor_of_cell].astype(np.int8)
 
 
-def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>", folds=0, fold=0):
+def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>", folds=0, fold=0, max_train=0):
   """Assigns every cell to a split.
 
   Args:
@@ -99,9 +101,11 @@ def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>"
     path: the data's file, for error messages.
     folds, fold: 'donor' unit only: with folds > 0, the test donors are fold `fold` of `fold_donors` (a
       leave-donors-out loop runs fold = 0 .. folds - 1) and fractions[2] is not used.
+    max_train: with max_train > 0 ('cell' and 'donor' units), only that many training cells, drawn at random,
+      keep split id 0; the other training cells get UNUSED.
 
   Returns:
-    [cells] int8 split ids.
+    [cells] int8 split ids (UNUSED for cells in no split).
   """
   if unit not in UNITS:
     raise ConfigError(f"split.unit must be one of {UNITS}, got {unit!r}")
@@ -115,6 +119,9 @@ def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>"
     if donors is None:
       raise DataError(path, "split.unit='donor' needs a donor column (data.donor_key)")
     split = _donor_split(labels, np.asarray(donors), fractions, rng, len(classes), path, folds, fold)
+  train = np.flatnonzero(split == 0)
+  if 0 < max_train < len(train):
+    split[np.random.default_rng([seed, 4]).choice(train, len(train) - max_train, replace=False)] = UNUSED
   check_every_class(labels, split, classes, path, what="cells")
   return split
 

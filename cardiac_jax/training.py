@@ -24,7 +24,7 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import calibrate, checks, configs, integrity, parallel, predict, preprocess, readers, split, unassigned
+from cardiac_jax import calibrate, checks, configs, integrity, linear, parallel, predict, preprocess, readers, split, unassigned
 from cardiac_jax.configs import default as default_config
 from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib
@@ -146,15 +146,20 @@ def make_eval_step(apply_fn, label_smoothing, data_parallel=None):
   return data_parallel.feeding(data_parallel.jit(step, batch_arg=1), batch_arg=1)
 
 
-def track_best(tracker, epoch, val_accuracy):
+# What early stopping and the best checkpoint watch on the validation split (train.early_stopping_metric):
+# 'accuracy' (the seed's) or 'macro_f1' (every class counts the same, as in the per-cell scores).
+EARLY_STOPPING_METRICS = ("accuracy", "macro_f1")
+
+
+def track_best(tracker, epoch, val_score):
   """Early-stopping bookkeeping after an epoch: returns (new tracker, whether the epoch is the best so far).
 
-  tracker: {'epoch', 'best_val_accuracy', 'best_epoch', 'epochs_since_best'}; training stops once
+  tracker: {'epoch', 'best_val_score', 'best_epoch', 'epochs_since_best'}; training stops once
   epochs_since_best reaches the patience (the seed's 8).
   """
-  improved = val_accuracy > tracker["best_val_accuracy"]
+  improved = val_score > tracker["best_val_score"]
   if improved:
-    return dict(tracker, epoch=epoch, best_val_accuracy=val_accuracy, best_epoch=epoch, epochs_since_best=0), True
+    return dict(tracker, epoch=epoch, best_val_score=val_score, best_epoch=epoch, epochs_since_best=0), True
   return dict(tracker, epoch=epoch, epochs_since_best=tracker["epochs_since_best"] + 1), False
 
 
@@ -179,7 +184,15 @@ def initial_state(config, data):
   genes as the run it starts from; the optimizer state starts fresh.
   """
   init_rng = jax.random.fold_in(jax.random.key(config.seed), 0)
-  state = create_train_state(init_rng, config, len(data.encoding.classes), data.train.x.shape[-1], config.data.max_len)
+  n_classes = len(data.encoding.classes)
+  state = create_train_state(init_rng, config, n_classes, data.train.x.shape[-1], config.data.max_len)
+  if config.train.linear_start:
+    # The labelled cell's own step is what the linear path reads (anchor pooling; a one-step cell sequence's mean).
+    train = data.train
+    inputs = train.x[np.arange(len(train)), train.anchor]
+    state = state.replace(params=linear.start_params(
+        state.params, inputs, train.labels, class_weights_for(config.train, train.labels, n_classes)))
+    logging.info("linear start: the network begins as a logistic regression on its training cells' inputs")
   if not config.init_from:
     return state
   init_dir = pathlib.Path(config.init_from).expanduser()
@@ -253,13 +266,15 @@ class Loop:
     _finite(val_metrics["loss"], f"validation loss after epoch {epoch}")
     learning_rate = self.config.train.learning_rate * float(state.plateau.scale)
     state = plateau_step(state, make_plateau(self.config.train), val_metrics["loss"])
-    tracker, improved = track_best(tracker, epoch, val_metrics["accuracy"])
+    val_score = val_metrics[self.config.train.early_stopping_metric]
+    tracker, improved = track_best(tracker, epoch, val_score)
     record = {
         "epoch": epoch,
         "train_loss": train_metrics["loss"],
         "train_accuracy": train_metrics["accuracy"],
         "val_loss": val_metrics["loss"],
         "val_accuracy": val_metrics["accuracy"],
+        "val_macro_f1": val_metrics["macro_f1"],
         "learning_rate": learning_rate,
         "sequences_per_second": len(self.data.train) / train_seconds,
         "seconds": time.perf_counter() - start,
@@ -273,7 +288,8 @@ class Loop:
     self.writer.metrics(self.history)
     try:
       with integrity.interrupts_deferred():  # Ctrl-C while saving: the epoch is saved first, then the run stops
-        self.checkpoints.save(epoch, state, dict(tracker, val_accuracy=val_metrics["accuracy"]), improved)
+        self.checkpoints.save(epoch, state, dict(tracker, val_accuracy=val_metrics["accuracy"], val_score=val_score),
+                              improved)
     except KeyboardInterrupt:
       self.interrupted = True
     return state, tracker
@@ -286,7 +302,8 @@ def config_choices():
       "model.lstm_impl": LSTM_IMPLS, "data.source": datasets.SOURCES, "data.sequence_mode": tuple(MODES),
       "data.gene_selection": preprocess.GENE_SELECTIONS, "data.normalization": preprocess.NORMALIZATIONS,
       "data.geo_matrix": tuple(readers.GEO_MATRICES), "data.input_scaling": INPUT_SCALINGS, "split.unit": split.UNITS,
-      "train.class_weighting": CLASS_WEIGHTINGS,
+      "train.class_weighting": CLASS_WEIGHTINGS, "train.calibration_method": calibrate.CHOICES,
+      "train.early_stopping_metric": EARLY_STOPPING_METRICS,
   }
 
 
@@ -327,7 +344,7 @@ def _train_and_evaluate(config, workdir):
 
   checkpoints = rundir.Checkpoints(workdir)
   state, meta = checkpoints.restore_latest(state)
-  tracker = meta or {"epoch": 0, "best_val_accuracy": -1.0, "best_epoch": 0, "epochs_since_best": 0}
+  tracker = meta or {"epoch": 0, "best_val_score": -1.0, "best_epoch": 0, "epochs_since_best": 0}
   history = [r for r in rundir.read_metrics(workdir) if r["epoch"] <= tracker["epoch"]]  # beyond: no checkpoint
   if meta:
     logging.info("resuming %s after epoch %d", workdir, tracker["epoch"])
@@ -373,7 +390,7 @@ def _train_and_evaluate(config, workdir):
                       "same command again to resume")
   seconds["training"] = time.perf_counter() - training_start
   if tracker["epochs_since_best"] >= patience:
-    logging.info("early stop: no better validation accuracy for %d epochs", patience)
+    logging.info("early stop: no better validation %s for %d epochs", config.train.early_stopping_metric, patience)
   results = {"epochs_run": tracker["epoch"], "parameters": count_params(state.params)}
   if lost:
     results["metrics_missing_epochs"] = lost
@@ -406,7 +423,7 @@ def _final_metrics(loop, workdir, state):
     integrity.check_finite_logits(logits[name], f"{rundir.best_checkpoint(workdir)} on the {name} split")
     results[f"{name}_accuracy"] = split_metrics["accuracy"]
     results[f"{name}_loss"] = split_metrics["loss"]
-  calibration = unassigned.fitted_calibration(logits["val"], data.val.labels)
+  calibration = unassigned.fitted_calibration(logits["val"], data.val.labels, loop.config.train.calibration_method)
   loop.writer.calibration(calibration)
   parallel.barrier(f"calibrated {workdir}")
   bundle = rundir.load(workdir)

@@ -59,11 +59,12 @@ def validation_quantiles_by_class(calibrated, labels):
   return out
 
 
-def fitted_calibration(val_logits, val_labels):
-  """A run's calibration record: calibrate.fit on the validation logits [n, classes] and labels [n], with the
+def fitted_calibration(val_logits, val_labels, method="auto"):
+  """A run's calibration record: calibrate.fit (`method`: a name in calibrate.CHOICES) on the validation logits
+  [n, classes] and labels [n], with the
   validation quantiles of every score under the chosen map, over all validation cells ('val_score_quantiles') and
   per class ('val_score_quantiles_by_class')."""
-  record = calibrate.fit(val_logits, val_labels)
+  record = calibrate.fit(val_logits, val_labels, method)
   calibrated = calibrate.apply(record, val_logits)
   record["val_score_quantiles"] = validation_quantiles(calibrated)
   record["val_score_quantiles_by_class"] = validation_quantiles_by_class(calibrated, val_labels)

@@ -186,6 +186,11 @@ def _saved(state):
   return {"step": state.step, "params": state.params, "opt_state": state.opt_state, "plateau": state.plateau}
 
 
+def _best_score(meta):
+  """What the best checkpoint is chosen by: the epoch's early-stopping score (runs before it had one: accuracy)."""
+  return meta.get("val_score", meta["val_accuracy"])
+
+
 class Checkpoints:
   """Orbax managers for a workdir: `best` keeps the parameters of the best epoch, `latest` the full state."""
 
@@ -194,7 +199,7 @@ class Checkpoints:
     self.best = ocp.CheckpointManager(
         root / "best",
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda meta: meta["val_accuracy"], best_mode="max", create=True
+            max_to_keep=1, best_fn=_best_score, best_mode="max", create=True
         ),
         item_names=("params", "meta"),
     )
@@ -224,7 +229,9 @@ class Checkpoints:
     restored = _restore(
         self.latest, epoch, ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
     )
-    return state.replace(**restored["state"]), restored["meta"]
+    meta = restored["meta"]
+    meta.setdefault("best_val_score", meta.get("best_val_accuracy"))  # runs that watched accuracy only
+    return state.replace(**restored["state"]), meta
 
   def close(self):
     for manager in (self.best, self.latest):

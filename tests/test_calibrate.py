@@ -58,6 +58,13 @@ def test_vector_scaling_is_chosen_where_classes_differ_in_overconfidence():
   assert (calibrate.apply(record, skewed).argmax(1) != skewed.argmax(1)).any()  # vector scaling moves labels
   tested = calibrate.test_record(skewed, labels, record)
   assert tested["test_accuracy_before"] == pytest.approx((skewed.argmax(1) == labels).mean())
+  # A run that names its map gets it, chosen or not: a temperature keeps every cell's most probable class.
+  named = calibrate.fit(skewed, labels, "temperature")
+  assert named["method"] == "temperature" and named["choice"]["rule"] == "named in the run's config"
+  np.testing.assert_array_equal(calibrate.apply(named, skewed).argmax(1), skewed.argmax(1))
+  assert calibrate.fit(skewed, labels, "vector")["scale"] == record["scale"]
+  with pytest.raises(ValueError, match="must be one of"):
+    calibrate.fit(skewed, labels, "isotonic")
   assert tested["test_accuracy_after"] == pytest.approx((calibrate.apply(record, skewed).argmax(1) == labels).mean())
   assert tested["test_accuracy_after"] > tested["test_accuracy_before"]  # undoing the skew's biases helps
   first = calibrate.halves(labels)

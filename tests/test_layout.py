@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "cardiac_jax"
 LAYERS = (
     {"errors", "checks", "configs", "figures", "integrity", "parallel", "metrics", "calibrate", "unassigned"},
     {"readers", "preprocess", "split", "sequences", "batches", "simulate", "dataset"},
-    {"model"},
+    {"model", "linear"},
     {"workdir"},
     {"training", "predict"},
     {"annotation", "report", "interpret"},

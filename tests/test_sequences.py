@@ -211,3 +211,20 @@ def test_gene_scaling_standardises_each_gene_as_the_training_cells_are():
   alone = sequences.cell_sequences(x, times, np.array([7]), max_len=2, gene_scaling=(mean, scale))
   np.testing.assert_allclose(alone.x[0, 0], (x[7] - mean) / scale, atol=1e-5)
   assert not np.allclose(sequences.cell_sequences(x, times, np.array([7]), max_len=2).x[0, 0], alone.x[0, 0])
+
+
+def test_time_channels_say_each_steps_time_point_between_the_genes_and_the_anchor_channel():
+  rng = np.random.default_rng(5)
+  x = rng.normal(size=(30, 4)).astype(np.float32)
+  times = np.repeat(np.arange(3), 10)
+  built = sequences.anchored_sequences(x, x[:, :2], times, np.array([0, 15]), np.flatnonzero(times != 1), n_times=3,
+                                       k=2, max_len=5)
+  timed = sequences.with_time_channels(built, 4, 3)
+  assert timed.x.shape == (2, 5, 4 + 3 + 1)
+  np.testing.assert_array_equal(timed.x[..., :4], built.x[..., :4])  # genes unchanged
+  np.testing.assert_array_equal(timed.x[..., -1], built.x[..., -1])  # the anchor channel stays last
+  np.testing.assert_array_equal(timed.x[0, :, 4:7], [[1, 0, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0], [0, 0, 0]])
+  np.testing.assert_array_equal(timed.x[1, :3, 4:7], np.eye(3))  # anchor 15 sits at day 1, between its context
+  assert not timed.x[0, 2:, 4:].any() and not timed.x[1, 3:, 4:].any()  # padding has no time
+  alone = sequences.with_time_channels(sequences.cell_sequences(x, times, np.array([25]), max_len=2), 4, 3)
+  np.testing.assert_array_equal(alone.x[0, :, 4:], [[0, 0, 1], [0, 0, 0]])

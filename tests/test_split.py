@@ -87,3 +87,15 @@ def test_leakage_audit_counts_shared_cells():
   audit = split.leakage_audit({"train": np.array([[0, 1, -1], [1, 2, -1]]), "val": np.array([[2, 3, -1]]), "test": np.array([[4, -1, -1]])})
   assert audit["distinct_cells"] == {"train": 3, "val": 2, "test": 1}
   assert audit["cells_in_more_than_one_split"] == 1
+
+
+def test_a_small_reference_keeps_that_many_training_cells_and_the_same_validation_and_test_cells():
+  labels, donors = _cells(per_donor=200)
+  kwargs = dict(unit="donor", fractions=(0.7, 0.2, 0.1), seed=3, classes=CLASSES)
+  full = split.split_cells(labels, donors, **kwargs)
+  small = split.split_cells(labels, donors, max_train=300, **kwargs)
+  assert (small == 0).sum() == 300 and set(np.unique(small)) == {split.UNUSED, 0, 1, 2}
+  np.testing.assert_array_equal(small[full != 0], full[full != 0])
+  assert (full[small == 0] == 0).all()
+  np.testing.assert_array_equal(small, split.split_cells(labels, donors, max_train=300, **kwargs))
+  np.testing.assert_array_equal(split.split_cells(labels, donors, max_train=10**6, **kwargs), full)

@@ -23,5 +23,5 @@ def main():
       FLAGS.config, FLAGS.workdir, [int(s) for s in FLAGS.seeds], FLAGS.rows,
       # The given config is the base scale as it stands; medium and large set the seed's numbers on it.
       scales={"base": {}, "medium": default.SCALES["medium"], "large": default.SCALES["large"],
-              "annotate": annotate.ANNOTATE},
+              "annotate": annotate.ANNOTATE, "annotate-small": dict(annotate.ANNOTATE, **suite.SMALL_REFERENCE)},
   )

@@ -78,6 +78,9 @@ def get_config():
   # How a sequence's genes are scaled: 'sequence' (the seed's z-score over each sequence) or, for per-cell
   # sequences, 'gene' (each gene by the training cells' mean and spread, as a logistic regression reads them).
   config.data.input_scaling = "sequence"
+  # Per-cell sequences: give each step its time point as one-hot input channels after the genes (so the model
+  # reads which day a cell was sampled on, not only the order of its steps).
+  config.data.time_channels = False
   # anchored: neighbours averaged at each context day, found in a PCA space of the model's genes.
   config.data.context_k = 5
   # anchored: context from the anchor's own donor (its own time course) when the data name donors.
@@ -119,6 +122,9 @@ def get_config():
   # is the test split (the first two fractions share the rest); trust.py's donor loop runs every fold.
   config.split.folds = 0
   config.split.fold = 0
+  # A small reference: keep this many of the training split's cells, drawn at random by the seed (0 = all);
+  # the rest are used nowhere. Validation and test cells are as the unit and fractions make them.
+  config.split.max_train_cells = 0
 
   config.model = ml_collections.ConfigDict()
   config.model.hidden_dim = 128
@@ -154,6 +160,13 @@ def get_config():
   config.train.label_smoothing = 0.1
   # 'none' (the seed's loss) or 'balanced' (each class weighs the same: rare types count as much as common).
   config.train.class_weighting = "none"
+  # Per-cell runs with model.linear_path: start the linear path from a logistic regression fitted on the training
+  # cells' inputs (linear.py) and the other path's last layer from zero, so training begins at that regression.
+  config.train.linear_start = False
+  # The validation-fitted map from logits to probabilities (calibrate.py): 'auto' (vector scaling where it
+  # measurably lowers the validation NLL, else a temperature), 'temperature' (keeps every cell's most probable
+  # class: the labels stay those the loss was trained for), or 'vector'.
+  config.train.calibration_method = "auto"
   # 0 = adaptive to the training-set size (16..64), see cardiac_jax.batches.adaptive_batch_size.
   config.train.batch_size = 0
   # ReduceLROnPlateau on validation loss, in PyTorch's meaning (patience 3 = optax patience 4).
@@ -161,6 +174,9 @@ def get_config():
   config.train.plateau_patience = 3
   # Early stopping: epochs without a better validation accuracy.
   config.train.early_stop_patience = 8
+  # What early stopping and the best checkpoint watch on the validation split: 'accuracy' (the seed's) or
+  # 'macro_f1' (each class counts the same, as in the per-cell scores).
+  config.train.early_stopping_metric = "accuracy"
 
   # Data parallelism (cardiac_jax/parallel.py): batches split over a mesh of devices, parameters replicated.
   config.parallel = ml_collections.ConfigDict()

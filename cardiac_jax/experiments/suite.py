@@ -45,11 +45,24 @@ ROWS = {
                              {"data.input_scaling": "gene"}),
     "anchored-linear-path": (("annotate", "donor"), "model, anchored, genes scaled, linear path",
                              {"data.input_scaling": "gene", "model.linear_path": True}),
+    "anchored-time": (("annotate", "donor"), "model, anchored, genes scaled, linear path, time channels",
+                      {"data.input_scaling": "gene", "model.linear_path": True, "data.time_channels": True}),
+    "anchored-time-temperature": (("annotate", "donor"),
+                                  "model, anchored, genes scaled, linear path, time channels, temperature",
+                                  {"data.input_scaling": "gene", "model.linear_path": True,
+                                   "data.time_channels": True, "train.calibration_method": "temperature"}),
+    "anchored-linear-start": (("annotate", "donor"),
+                              "model, anchored, genes scaled, time channels, started as a logistic regression",
+                              {"data.input_scaling": "gene", "model.linear_path": True, "data.time_channels": True,
+                               "train.linear_start": True}),
+    # A small reference: the annotation model trained on SMALL_REFERENCE cells of the training donors.
+    "small-reference": (("annotate-small", "donor"), "model, anchored", {}),
 }
+SMALL_REFERENCE = {"split.max_train_cells": 300}
 
 
 # The rows of the seed's sequence task (the suite's default) and of per-cell annotation.
-SEED_ROWS = tuple(r for r, (setting, _, _) in ROWS.items() if setting[0] != "annotate")
+SEED_ROWS = tuple(r for r, (setting, _, _) in ROWS.items() if not setting[0].startswith("annotate"))
 ANNOTATION_ROWS = tuple(r for r in ROWS if r not in SEED_ROWS)
 
 # Model rows are also compared seed by seed with references: for the seed's type sequences the mean-expression
@@ -101,7 +114,8 @@ def run(config, workdir, seeds, rows=SEED_ROWS, scales=None):
     config: the config of the 'base' scale; every run starts from it.
     seeds: each seed changes the split, the sequences, the initialisation and dropout.
     rows: ids of ROWS to train; baselines run on every data setting those rows use.
-    scales: {scale name: dotted config overrides} (configs/default.py's SCALES); 'base' alone by default.
+    scales: {scale name: dotted config overrides} (configs/default.py's SCALES, 'annotate' and
+      'annotate-small': see commands/suite.py); 'base' alone by default.
   """
   scales = scales or {"base": {}}
   unknown = [r for r in rows if r not in ROWS]
@@ -110,7 +124,7 @@ def run(config, workdir, seeds, rows=SEED_ROWS, scales=None):
   workdir = pathlib.Path(workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
   started = time.perf_counter()
-  order = ["base", "medium", "large", "annotate"]
+  order = ["base", "medium", "large", "annotate", "annotate-small"]
   settings = sorted({ROWS[r][0] for r in rows}, key=lambda s: (order.index(s[0]), s[1]))
   runs = []
   for seed in seeds:
