@@ -302,6 +302,21 @@ class Writer:
     self._write(RESULTS, json.dumps(results, indent=2))
 
 
+def check_same_config(config, workdir):
+  """Raises ConfigError if workdir holds a run of another config (train.num_epochs and the parallel settings may
+  differ: a finished run can be continued, and a checkpoint restores on any devices)."""
+  saved = pathlib.Path(workdir) / CONFIG
+  if not saved.exists():
+    return
+  before = json.loads(default_config.to_json(load_config(workdir)))
+  now = json.loads(default_config.to_json(config))
+  for record in (before, now):
+    record["train"].pop("num_epochs", None)
+    record.pop("parallel", None)
+  if before != now:
+    raise ConfigError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
+
+
 @contextlib.contextmanager
 def claimed(config, workdir):
   """Creates workdir, or checks that an existing one was made with this config (to resume or extend it), and
@@ -314,15 +329,7 @@ def claimed(config, workdir):
   workdir = pathlib.Path(workdir)
   if workdir.exists() and not workdir.is_dir():
     raise ConfigError(f"{workdir}: is a file, not a workdir folder; name another --workdir")
-  saved = workdir / CONFIG
-  if saved.exists():
-    before = json.loads(default_config.to_json(load_config(workdir)))
-    now = json.loads(default_config.to_json(config))
-    for record in (before, now):
-      record["train"].pop("num_epochs", None)
-      record.pop("parallel", None)  # a checkpoint restores on any number of devices and processes
-    if before != now:
-      raise ConfigError(f"{saved}: this workdir holds a run with another config; use a new --workdir")
+  check_same_config(config, workdir)
   created = not workdir.exists()
   workdir.mkdir(parents=True, exist_ok=True)
   # The processes of one multi-process run share the workdir: process 0, the one that writes, holds the lock.

@@ -77,12 +77,13 @@ def test_paired_differences_follow_the_seeds():
 def test_per_cell_settings_pair_with_the_logistic_regression_and_celltypist():
   runs = [dict(setting="annotate, split by donor", method=m, kind=k, seed=0, accuracy=a, macro_f1=a)
           for m, k, a in [("model, anchored", "model", 0.9), ("CellTypist (best match)", "baseline", 0.8),
-                          (suite.PAIRED_BASELINE, "baseline", 0.1), ("per-cell logistic regression", "baseline", 0.5)]]
+                          (suite.PAIRED_BASELINE, "baseline", 0.1), ("per-cell logistic regression", "baseline", 0.5),
+                          ("per-cell logistic regression with the time point", "baseline", 0.6)]]
   rows = suite.paired(runs)
   assert [r["baseline"] for r in rows] == list(suite.PAIRED_CELL_BASELINES)
-  assert [r["accuracy_difference_mean"] for r in rows] == pytest.approx([0.4, 0.1])
+  assert [r["accuracy_difference_mean"] for r in rows] == pytest.approx([0.4, 0.3, 0.1])
   without_celltypist = suite.paired([r for r in runs if not r["method"].startswith("CellTypist")])
-  assert [r["baseline"] for r in without_celltypist] == ["per-cell logistic regression"]
+  assert [r["baseline"] for r in without_celltypist] == list(suite.PAIRED_CELL_BASELINES[:2])
 
 
 def test_suite_runs_resumes_and_refuses_unknown_rows(config, tmp_path):
@@ -101,5 +102,8 @@ def test_suite_runs_resumes_and_refuses_unknown_rows(config, tmp_path):
   again = suite.run(config, tmp_path, seeds=[0, 1], rows=["model"])
   assert result_file.stat().st_mtime_ns == stamp  # finished runs are read back, not retrained
   assert again == summary
+  config.model.dropout = 0.1  # a row whose recipe changed is not read back from a run of the old one
+  with pytest.raises(ConfigError, match="holds a run with another config"):
+    suite.run(config, tmp_path, seeds=[0, 1], rows=["model"])
   with pytest.raises(ConfigError, match="unknown suite rows"):
     suite.run(config, tmp_path, seeds=[0], rows=["bogus"])

@@ -11,6 +11,7 @@ All return predicted class ids [n_test] for the test sequences.
 For per-cell sequences (anchored or cell mode; `CELL_BASELINES`), one prediction per test cell, each fitted on
 every training cell:
 - `cell_logreg`: a logistic regression on each cell's log expression of the model's genes.
+- `cell_time_logreg`: the same with the cell's time point (one-hot) beside its genes.
 - `anchored_mean_logreg`: a logistic regression on the mean over the steps of each anchored sequence (the
   model's own input, the same context, without the sequence model).
 CellTypist, the field's per-cell reference, is in celltypist_compare.py beside this module.
@@ -93,6 +94,19 @@ def cell_logreg(data, seed):
   return cell_logreg_probabilities(data, seed).argmax(1)
 
 
+def _with_time(data, sequences):
+  """[n, genes + time points] each per-cell sequence's cell: its log expression and a one-hot of its time point."""
+  times = np.take_along_axis(sequences.times, sequences.anchor[:, None].astype(np.int64), 1)[:, 0]
+  return np.hstack([data.cell_x[_cells(sequences)], np.eye(len(data.time_points), dtype=np.float32)[times]])
+
+
+def cell_time_logreg(data, seed):
+  """A logistic regression on single training cells' genes and time point (one-hot): what the annotation
+  model's linear path starts from; predicts each test cell."""
+  model = _classifier(seed).fit(_with_time(data, data.train), data.train.labels)
+  return model.predict(_with_time(data, data.test))
+
+
 def step_means(sequences, n_genes):
   """[n, n_genes] mean over each sequence's valid steps of its gene channels (the anchor channel left out)."""
   valid = sequences.mask[..., None]
@@ -108,5 +122,6 @@ def anchored_mean_logreg(data, seed):
 
 CELL_BASELINES = {
     "per-cell logistic regression": cell_logreg,
+    "per-cell logistic regression with the time point": cell_time_logreg,
     "anchored-mean logistic regression": anchored_mean_logreg,
 }

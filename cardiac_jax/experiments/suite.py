@@ -24,6 +24,10 @@ from cardiac_jax.errors import ConfigError
 from cardiac_jax.experiments import baselines, celltypist_compare, tables
 from cardiac_jax.sequences import MODES
 
+# The annotate recipe before gene scaling, time channels and the linear path (the per-cell rows' first version).
+PREVIOUS_RECIPE = {"data.input_scaling": "sequence", "data.time_channels": False, "model.linear_path": False,
+                   "train.linear_start": False, "train.calibration_method": "auto"}
+
 # Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
 ROWS = {
     "model": (("base", "donor"), "model", {}),
@@ -35,28 +39,31 @@ ROWS = {
     "large": (("large", "donor"), "model", {}),
     "split-sequence": (("base", "sequence"), "model", {}),
     "split-cell": (("base", "cell"), "model", {}),
-    # Per-cell annotation (configs/annotate.py is the 'annotate' scale): test metrics per cell.
-    "anchored": (("annotate", "donor"), "model, anchored", {}),
-    "anchored-unweighted": (("annotate", "donor"), "model, anchored, unweighted loss",
-                            {"train.class_weighting": "none"}),
-    "cell-alone": (("annotate", "donor"), "model, each cell alone",
+    # Per-cell annotation (configs/annotate.py is the 'annotate' scale): test metrics per cell. Each ablation
+    # takes one part of the annotate recipe back (PREVIOUS_RECIPE: the recipe before gene scaling, time channels
+    # and the linear path).
+    "anchored": (("annotate", "donor"), "model, anchored (annotate config)", {}),
+    "cell-alone": (("annotate", "donor"), "model, each cell alone (no context)",
                    {"data.sequence_mode": "cell", "model.pooling": "mean"}),
-    "anchored-gene-scaled": (("annotate", "donor"), "model, anchored, genes scaled as the training cells'",
-                             {"data.input_scaling": "gene"}),
-    "anchored-linear-path": (("annotate", "donor"), "model, anchored, genes scaled, linear path",
-                             {"data.input_scaling": "gene", "model.linear_path": True}),
-    "anchored-time": (("annotate", "donor"), "model, anchored, genes scaled, linear path, time channels",
-                      {"data.input_scaling": "gene", "model.linear_path": True, "data.time_channels": True}),
-    "anchored-time-temperature": (("annotate", "donor"),
-                                  "model, anchored, genes scaled, linear path, time channels, temperature",
-                                  {"data.input_scaling": "gene", "model.linear_path": True,
-                                   "data.time_channels": True, "train.calibration_method": "temperature"}),
-    "anchored-linear-start": (("annotate", "donor"),
-                              "model, anchored, genes scaled, time channels, started as a logistic regression",
-                              {"data.input_scaling": "gene", "model.linear_path": True, "data.time_channels": True,
-                               "train.linear_start": True}),
+    "anchored-linear-start": (("annotate", "donor"), "model, calibration chosen by validation NLL",
+                              {"train.calibration_method": "auto"}),
+    "anchored-time": (("annotate", "donor"), "model, no linear start, calibration by NLL",
+                      {"train.linear_start": False, "train.calibration_method": "auto"}),
+    "anchored-linear-path": (("annotate", "donor"), "model, no time channels, no linear start, calibration by NLL",
+                             {"data.time_channels": False, "train.linear_start": False,
+                              "train.calibration_method": "auto"}),
+    "anchored-gene-scaled": (("annotate", "donor"), "model, previous recipe with genes scaled",
+                             dict(PREVIOUS_RECIPE, **{"data.input_scaling": "gene"})),
+    "seed-recipe": (("annotate", "donor"), "model, previous recipe (sequence z-score, no time, no linear path)",
+                    PREVIOUS_RECIPE),
+    "anchored-unweighted": (("annotate", "donor"), "model, unweighted loss", {"train.class_weighting": "none"}),
+    "anchored-linear-start-f1": (("annotate", "donor"), "model, early stopping on validation macro-F1",
+                                 {"train.early_stopping_metric": "macro_f1"}),
+    "anchored-linear-start-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer",
+                                    {"model.hidden_dim": 32, "model.num_layers": 1, "model.num_heads": 4,
+                                     "model.head_dims": (32,)}),
     # A small reference: the annotation model trained on SMALL_REFERENCE cells of the training donors.
-    "small-reference": (("annotate-small", "donor"), "model, anchored", {}),
+    "small-reference": (("annotate-small", "donor"), "model, anchored (annotate config)", {}),
 }
 SMALL_REFERENCE = {"split.max_train_cells": 300}
 
@@ -67,9 +74,11 @@ ANNOTATION_ROWS = tuple(r for r in ROWS if r not in SEED_ROWS)
 
 # Model rows are also compared seed by seed with references: for the seed's type sequences the mean-expression
 # baseline (the strongest one in every setting measured), for per-cell annotation the per-cell logistic regression
-# on the same genes (the bar every annotation model has to clear) and CellTypist where it is installed.
+# on the same genes (the bar every annotation model has to clear), the same with the cell's time point (the
+# linear model the annotation network starts from) and CellTypist where it is installed.
 PAIRED_BASELINE = "mean-expression logistic regression"
-PAIRED_CELL_BASELINES = ("per-cell logistic regression", "CellTypist (best match)")
+PAIRED_CELL_BASELINES = ("per-cell logistic regression", "per-cell logistic regression with the time point",
+                         "CellTypist (best match)")
 
 
 def _baselines(config):

@@ -24,7 +24,8 @@ def pm(values, digits=4):
 
 
 def trained(config, workdir):
-  """Trains a run into workdir unless it finished there already; returns workdir."""
+  """Trains a run into workdir unless it finished there already with this config; returns workdir."""
+  rundir.check_same_config(config, workdir)
   if not rundir.finished(workdir):
     training.train_and_evaluate(config, workdir)
   return workdir
