@@ -1,11 +1,12 @@
 """Baselines on the model's own sequences, and the suite's table: seeds, spread, leakage column, resuming."""
 
 import json
+import types
 
 import numpy as np
 import pytest
 
-from cardiac_jax import dataset
+from cardiac_jax import dataset, sequences
 from cardiac_jax.experiments import baselines, suite
 from cardiac_jax.errors import ConfigError
 
@@ -39,6 +40,19 @@ def test_sequence_means_average_the_cells(data):
   i = 3
   ids = data.test.cell_ids[i, : data.test.lengths[i]]
   np.testing.assert_allclose(means[i], data.cell_x[ids].mean(0), rtol=1e-5)
+
+
+def test_the_time_aware_regression_reads_the_time_point_the_plain_one_cannot():
+  """Types that differ only by the day a cell was sampled on: the regression with the time point finds them."""
+  rng = np.random.default_rng(0)
+  times = rng.integers(0, 3, 600)
+  labels = (times == 2).astype(np.int32)  # the type is the day; the genes are noise
+  x = rng.normal(size=(600, 5)).astype(np.float32)
+  split = [sequences.cell_sequences(x, times, rows, labels, max_len=3) for rows in (np.arange(400), np.arange(400, 600))]
+  data = types.SimpleNamespace(cell_x=x, cell_labels=labels, time_points=("d0", "d1", "d2"), train=split[0],
+                               test=split[1])
+  assert (baselines.cell_time_logreg(data, 0) == labels[400:]).mean() == 1.0
+  assert (baselines.cell_logreg(data, 0) == labels[400:]).mean() < 0.8
 
 
 def test_summary_and_table():

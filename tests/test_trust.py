@@ -35,9 +35,17 @@ def test_the_donor_table_says_which_calibration_each_run_chose():
   rows = [{"method": trust.AS_ANNOTATED, "run": f"fold{k}", "accuracy": 0.8, "ece": 0.04, "classwise_ece": 0.02,
            "chosen": method} for k, method in enumerate(("vector", "temperature"))]
   per_donor = [{"donor": "d1", "run": "fold0", "cells": 10, "model": {"accuracy": 0.8, "macro_f1": 0.7}}]
+  labelled = [{"run": f"fold{k}", "method": m, "accuracy": a, "macro_f1": f}
+              for k, scores in enumerate(((0.80, 0.72, 0.78, 0.70), (0.82, 0.70, 0.80, 0.71)))
+              for m, a, f in (("model", *scores[:2]), ("per-cell logistic regression", *scores[2:]))]
   record = {"folds": 2, "wall_seconds": 60.0, "calibration": rows, "per_donor": per_donor,
             "calibration_summary": trust._summary(rows, "method", ("accuracy", "ece", "classwise_ece")),
-            "chosen_calibration": {r["run"]: r["chosen"] for r in rows}, "worst_donor": trust._worst(per_donor)}
+            "chosen_calibration": {r["run"]: r["chosen"] for r in rows}, "worst_donor": trust._worst(per_donor),
+            "labels_summary": trust._summary(labelled, "method", ("accuracy", "macro_f1")),
+            "labels_against_logistic_regression": trust._against(labelled, "per-cell logistic regression")}
   text = trust.donors_markdown(record)
   assert f"| {trust.AS_ANNOTATED} | 0.8000 ± 0.0000 |" in text
   assert f"({trust.AS_ANNOTATED}): fold0 vector, fold1 temperature." in text
+  assert "| model | 0.8100 ± 0.0141 | 0.7100 ± 0.0141 | 2 |" in text
+  # run by run: macro-F1 +0.02 and -0.01 against the regression, ahead in one run of two
+  assert "| model | +0.0200 ± 0.0000 | 2 of 2 | +0.0050 ± 0.0212 | 1 of 2 |" in text

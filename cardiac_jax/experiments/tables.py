@@ -13,9 +13,9 @@ def mean_sd(values):
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def format_pm(mean, sd, digits=4):
-  """'mean ± sd', e.g. '0.7951 ± 0.0229'."""
-  return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+def format_pm(mean, sd, digits=4, signed=False):
+  """'mean ± sd', e.g. '0.7951 ± 0.0229' (signed: '+0.0210 ± 0.0048', for differences)."""
+  return f"{mean:{'+' if signed else ''}.{digits}f} ± {sd:.{digits}f}"
 
 
 def pm(values, digits=4):

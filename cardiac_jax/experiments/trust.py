@@ -33,6 +33,7 @@ from cardiac_jax.errors import ConfigError
 from cardiac_jax.experiments import baselines, celltypist_compare, tables
 from cardiac_jax.preprocess import natural_key
 
+TIME_LOGREG = "per-cell logistic regression with the time point"
 # Folds of the leave-donors-out loop by default: 19 donors -> test splits of 4 or 5 donors.
 FOLDS = 4
 
@@ -164,7 +165,8 @@ def _score_fold(name, config, workdir, adata):
   rows[list(methods).index(AS_ANNOTATED)]["chosen"] = bundle.calibration["method"]
   # The model's labels as annotate.py gives them (Unassigned a miss); the references label every cell.
   predictions = {"model": prediction.label_ids,
-                 "per-cell logistic regression": methods["per-cell logistic regression"].argmax(1)}
+                 "per-cell logistic regression": methods["per-cell logistic regression"].argmax(1),
+                 TIME_LOGREG: baselines.cell_time_logreg(data, config.seed)}
   if celltypist_compare.available():
     fitted = celltypist_compare.fit_and_annotate(config, data, config.seed)
     confidences[celltypist_compare.BEST_MATCH] = (fitted["conf_score"], fitted["best_match"] == labels)
@@ -184,7 +186,11 @@ def _score_fold(name, config, workdir, adata):
     per_donor.append(row)
   pairs = {m: {"confidence": np.asarray(c, float).tolist(), "correct": np.asarray(r, bool).tolist()}
            for m, (c, r) in confidences.items()}
-  return {"calibration": rows, "per_donor": per_donor, "confidences": pairs}
+  labelled = []
+  for method, predicted in predictions.items():
+    scored = metrics.classification_report(labels, predicted, bundle.classes)
+    labelled.append({"run": name, "method": method, "accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"]})
+  return {"calibration": rows, "per_donor": per_donor, "confidences": pairs, "labels": labelled}
 
 
 
@@ -234,7 +240,7 @@ def donor_loop(config, workdir, folds=FOLDS):
   written to <workdir>/donors.json."""
   started = time.perf_counter()
   adata = None
-  calibration, per_donor, pooled = [], [], {}
+  calibration, per_donor, labelled, pooled = [], [], [], {}
   for name, run_config, run_dir in runs(config, workdir, "donors", folds):
     logging.info("trust: donor loop, %s", name)
     trained(run_config, run_dir)
@@ -242,6 +248,7 @@ def donor_loop(config, workdir, folds=FOLDS):
     scored = score_fold(name, run_config, run_dir, adata)
     calibration += scored["calibration"]
     per_donor += scored["per_donor"]
+    labelled += scored["labels"]
     for method, pair in scored["confidences"].items():
       previous = pooled.get(method, (np.zeros(0), np.zeros(0, bool)))
       pooled[method] = (np.concatenate([previous[0], pair["confidence"]]),
@@ -249,7 +256,9 @@ def donor_loop(config, workdir, folds=FOLDS):
   record = {"folds": folds, "wall_seconds": time.perf_counter() - started, "calibration": calibration,
             "calibration_summary": _summary(calibration, "method", ("accuracy", "ece", "classwise_ece")),
             "chosen_calibration": {r["run"]: r["chosen"] for r in calibration if "chosen" in r},
-            "per_donor": per_donor, "worst_donor": _worst(per_donor)}
+            "per_donor": per_donor, "worst_donor": _worst(per_donor),
+            "labels": labelled, "labels_summary": _summary(labelled, "method", ("accuracy", "macro_f1")),
+            "labels_against_logistic_regression": _against(labelled, "per-cell logistic regression")}
   out = pathlib.Path(workdir).expanduser()
   integrity.write_atomic(out / "donors.json", json.dumps(record, indent=2))
   integrity.write_atomic(out / "donors.md", donors_markdown(record))
@@ -284,6 +293,22 @@ def _summary(rows, key, fields):
   return out
 
 
+def _against(rows, reference):
+  """Each method's macro-F1 and accuracy minus the reference's, run by run (the same test cells): mean and sd
+  over runs, and the runs where the method is ahead."""
+  by_run = {r["run"]: r for r in rows if r["method"] == reference}
+  out = []
+  for method in dict.fromkeys(r["method"] for r in rows if r["method"] != reference):
+    group = [r for r in rows if r["method"] == method and r["run"] in by_run]
+    row = {"method": method, "reference": reference, "n": len(group)}
+    for field in ("accuracy", "macro_f1"):
+      differences = [r[field] - by_run[r["run"]][field] for r in group]
+      row[field] = list(tables.mean_sd(differences))
+      row[f"{field}_ahead"] = int(sum(d > 0 for d in differences))
+    out.append(row)
+  return out
+
+
 def _worst(per_donor):
   """The held-out donor on whom the model's accuracy is lowest."""
   worst = min(per_donor, key=lambda r: r["model"]["accuracy"])
@@ -302,6 +327,16 @@ def donors_markdown(record):
     lines.append(f"| {r['method']} | {tables.format_pm(*r['accuracy'])} | {tables.format_pm(*r['ece'])} | "
                  f"{tables.format_pm(*r['classwise_ece'])} | "
                  f"{r['n']} |")
+  lines += ["", "Labels of each run's held-out donors' cells (the model's as annotate gives them, Unassigned a miss), "
+            "mean ± sd over runs:", "", "| method | accuracy | macro-F1 | runs |", "|---|---|---|---|"]
+  lines += [f"| {r['method']} | {tables.format_pm(*r['accuracy'])} | {tables.format_pm(*r['macro_f1'])} | {r['n']} |"
+            for r in record["labels_summary"]]
+  lines += ["", "Run by run against the per-cell logistic regression (same cells): difference, mean ± sd, and the runs "
+            "where the method is ahead.", "", "| method | accuracy - LR | ahead in | macro-F1 - LR | ahead in |",
+            "|---|---|---|---|---|"]
+  lines += [f"| {r['method']} | {tables.format_pm(*r['accuracy'], signed=True)} | {r['accuracy_ahead']} of {r['n']} | "
+            f"{tables.format_pm(*r['macro_f1'], signed=True)} | {r['macro_f1_ahead']} of {r['n']} |"
+            for r in record["labels_against_logistic_regression"]]
   chosen = ", ".join(f"{run} {method}" for run, method in record["chosen_calibration"].items())
   lines += ["", f"Calibration each run's calibration.json chose on its validation cells ({AS_ANNOTATED}): {chosen}."]
   methods = [m for m in record["per_donor"][0] if isinstance(record["per_donor"][0][m], dict)]
