@@ -3,7 +3,9 @@ prediction path (predict.py), and written back as an AnnData.
 
 `annotate(bundle, adata)` returns an `AnnotationResult`; its `to_adata()` is an annotated copy of the query with
 obs['cardiac_jax_label'] (categorical; 'Unassigned' where the Unassigned rule says so),
-obs['cardiac_jax_confidence'], obsm['cardiac_jax_probabilities'] [cells, classes] and uns['cardiac_jax'].
+obs['cardiac_jax_confidence'], obsm['cardiac_jax_probabilities'] [cells, classes] and uns['cardiac_jax'], and
+each cell's label set (conformal.py): obsm['cardiac_jax_label_sets'] [cells, classes] bool and
+obs['cardiac_jax_label_set_size'].
 `annotate_file` does the same from a file to a file, reading an .h5ad's X in row blocks from disk, so a whole
 atlas never has to fit in memory.
 """
@@ -23,14 +25,19 @@ import numpy as np
 import pandas as pd
 from absl import logging
 
-from cardiac_jax import calibrate, integrity, predict, preprocess, readers, unassigned, workdir
+from cardiac_jax import calibrate, conformal, integrity, predict, preprocess, readers, unassigned, workdir
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import MODES
 
+# Which cells the label sets are calibrated on (uns['cardiac_jax']['label_sets']).
+CALIBRATION_CELLS = ("the run's validation cells (donors held out from training; the same cells chose the best epoch, "
+                     "fitted the calibration map and the Unassigned thresholds)")
 LABEL_KEY = "cardiac_jax_label"
 CONFIDENCE_KEY = "cardiac_jax_confidence"
 REASON_KEY = "cardiac_jax_unassigned_reason"
 PROBABILITIES_KEY = "cardiac_jax_probabilities"
+LABEL_SETS_KEY = "cardiac_jax_label_sets"
+LABEL_SET_SIZE_KEY = "cardiac_jax_label_set_size"
 UNS_KEY = "cardiac_jax"
 
 
@@ -133,7 +140,16 @@ class AnnotationResult:
     obs[LABEL_KEY] = pd.Categorical(self.labels, categories=list(self.info["classes"]) + [unassigned.UNASSIGNED])
     obs[CONFIDENCE_KEY] = self.confidence.astype(np.float32)
     obs[REASON_KEY] = pd.Categorical(self.prediction.reasons, categories=list(predict.REASONS))
+    if self.prediction.label_sets is not None:
+      obs[LABEL_SET_SIZE_KEY] = self.prediction.label_sets.sum(1).astype(np.int32)
     return obs
+
+  def obsm(self):
+    """{key: [cells, classes] array} the annotated copy's obsm gains: the probabilities and the label sets."""
+    out = {PROBABILITIES_KEY: self.probabilities.astype(np.float32)}
+    if self.prediction.label_sets is not None:
+      out[LABEL_SETS_KEY] = self.prediction.label_sets
+    return out
 
   def to_adata(self):
     """An annotated copy of the query (the query itself is not changed)."""
@@ -141,12 +157,13 @@ class AnnotationResult:
       raise ValueError("this result was annotated from a file; its annotated copy is the output file")
     out = self.adata.to_memory() if self.adata.isbacked else self.adata.copy()
     out.obs = self.annotated_obs(out.obs)
-    out.obsm[PROBABILITIES_KEY] = self.probabilities.astype(np.float32)
+    out.obsm.update(self.obsm())
     out.uns[UNS_KEY] = self.info
     return out
 
 
-def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalization, rule, progress, keep=True):
+def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalization, rule, alpha, progress,
+              keep=True):
   """The AnnotationResult of an AnnData (in memory or backed) under an unassigned.Rule; `keep`: the result keeps
   the AnnData for to_adata()."""
   query = validate_query(bundle, adata, path, time_key, donor_key)
@@ -161,7 +178,8 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
     logging.warning("%s: %s cells have no counts; they are labelled %s", path, f"{report['no_counts'].sum():,}",
                     unassigned.UNASSIGNED)
   logits = predict.predict_cell_logits(bundle, x, query.times, query.groups, progress)
-  prediction = predict.from_logits(logits, bundle.calibration, bundle.classes, rule, no_label=report["no_counts"])
+  prediction = predict.from_logits(logits, bundle.calibration, bundle.classes, rule, no_label=report["no_counts"],
+                                   alpha=alpha)
   info = {
       "classes": list(bundle.classes),
       "time_points": list(bundle.time_points),
@@ -178,12 +196,16 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
       "workdir": str(bundle.workdir.absolute()),
       "version": importlib.metadata.version("cardiac_jax"),
   }
+  if prediction.label_sets is not None:
+    sizes = prediction.label_sets.sum(1)
+    info["label_sets"] = {"alpha": alpha, "calibration_cells": CALIBRATION_CELLS,
+                          "mean_size": float(sizes.mean()) if len(sizes) else 0.0, "empty": int((sizes == 0).sum())}
   return AnnotationResult(prediction, info, adata if keep else None)
 
 
 def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, normalization="auto",
              unassigned_score=unassigned.DEFAULT_SCORE, threshold=None, keep_known=unassigned.KEEP_KNOWN,
-             per_class=None, progress=True):
+             per_class=None, alpha=conformal.ALPHA, progress=True):
   """Labels every cell of an AnnData; returns an AnnotationResult (`.to_adata()`: the annotated copy).
 
   Probabilities are calibrated with the run's calibration (temperature or vector scaling, chosen on the
@@ -200,17 +222,20 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
       (unassigned.SCORES; 'none': never) is below `threshold`, by default the threshold of its class that keeps a
       share `keep_known` of that class's validation cells assigned (per_class=False: one threshold for all
       cells; unassigned.rule).
+    alpha: the label sets' error rate: each cell's set holds its type with probability 1 - alpha, for every
+      class, where the query's cells are exchangeable with the run's validation cells (conformal.py).
   """
   rule = unassigned.rule(bundle.calibration, unassigned_score, threshold, keep_known,
                          where=bundle.workdir / workdir.CALIBRATION, per_class=per_class)
   path = preprocess.source_path(adata) if isinstance(adata, anndata.AnnData) else "<AnnData>"
   return _annotate(bundle, adata, path, time_key=time_key, donor_key=donor_key, gene_key=gene_key,
-                   normalization=normalization, rule=rule, progress=progress)
+                   normalization=normalization, rule=rule, alpha=alpha, progress=progress)
 
 
 def annotate_file(run, input_path, output_path, *, time_key=None, donor_key=None, gene_key=None,
                   normalization="auto", unassigned_score=unassigned.DEFAULT_SCORE, threshold=None,
-                  keep_known=unassigned.KEEP_KNOWN, per_class=None, geo_matrix="counts", progress=True):
+                  keep_known=unassigned.KEEP_KNOWN, per_class=None, alpha=conformal.ALPHA, geo_matrix="counts",
+                  progress=True):
   """Annotates an .h5ad file or a GSE175634-layout GEO folder into a new .h5ad at output_path.
 
   `run` is a workdir (or its loaded Bundle). The output is written completely or not at all (a temporary file
@@ -233,7 +258,7 @@ def annotate_file(run, input_path, output_path, *, time_key=None, donor_key=None
   rule = unassigned.rule(bundle.calibration, unassigned_score, threshold, keep_known,
                          where=bundle.workdir / workdir.CALIBRATION, per_class=per_class)
   settings = dict(time_key=time_key, donor_key=donor_key, gene_key=gene_key, normalization=normalization, rule=rule,
-                  progress=progress)
+                  alpha=alpha, progress=progress)
   if input_path.is_dir():
     adata = readers.read_geo(input_path, geo_matrix, required=(time_key or bundle.config.data.time_key,))
     result = _annotate(bundle, adata, str(input_path), **settings)
@@ -261,9 +286,9 @@ def _write_annotated_copy(source, target, obs, result):
     for group in ("obsm", "uns"):
       if group not in f:
         anndata.io.write_elem(f, group, {})
-    for group, key in (("obsm", PROBABILITIES_KEY), ("uns", UNS_KEY)):
+    entries = [("obsm", key, value) for key, value in result.obsm().items()] + [("uns", UNS_KEY, result.info)]
+    for group, key, value in entries:
       if key in f[group]:
         del f[group][key]
-    anndata.io.write_elem(f["obsm"], PROBABILITIES_KEY, result.probabilities.astype(np.float32))
-    anndata.io.write_elem(f["uns"], UNS_KEY, result.info)
+      anndata.io.write_elem(f[group], key, value)
   os.chmod(target, 0o644)

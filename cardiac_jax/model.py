@@ -412,7 +412,8 @@ MODELS = {'enhanced_rnn': EnhancedCardiacRNN}
 EARLIER_DEFAULTS = {'model_name': 'enhanced_rnn',
                     'model': {'layer_norm_eps': 1e-6, 'attention_dropout_per_sequence': False, 'linear_path': False},
                     'data': {'input_scaling': 'sequence', 'time_channels': False},
-                    'train': {'calibration_method': 'auto', 'linear_start': False, 'early_stopping_metric': 'accuracy'}, 'split': {'max_train_cells': 0}}
+                    'train': {'calibration_method': 'auto', 'linear_start': False, 'early_stopping_metric': 'accuracy'},
+                    'split': {'max_train_cells': 0}}
 
 
 def create_model(config, num_classes):

@@ -8,12 +8,13 @@ cells assigned). Metrics are elsewhere (metrics.py); training's own validation u
 """
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import calibrate, integrity, parallel, unassigned
+from cardiac_jax import calibrate, conformal, integrity, parallel, unassigned
 from cardiac_jax.dataset import gene_scaling, model_inputs
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import predict_step
@@ -76,6 +77,9 @@ class Prediction:
     classes: class names, in logit order.
     rule: the unassigned.Rule that decided Unassigned.
     reason_ids: [n] int index into REASONS of why a cell is Unassigned (0 where it is labelled).
+    label_sets: [n, classes] bool label set of each cell for error rate `alpha` (conformal.py; empty for a cell
+      without counts), or None for a run without validation nonconformities (an earlier version's).
+    alpha: the error rate the label sets are built for.
   """
 
   logits: np.ndarray
@@ -86,6 +90,8 @@ class Prediction:
   classes: tuple
   rule: unassigned.Rule
   reason_ids: np.ndarray
+  label_sets: Any = None
+  alpha: float = conformal.ALPHA
 
   @property
   def labels(self):
@@ -103,9 +109,9 @@ class Prediction:
     return np.asarray(REASONS, dtype=object)[self.reason_ids]
 
 
-def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE, no_label=None):
-  """The Prediction of logits [n, classes] under a calibration record and an Unassigned rule; cells where
-  `no_label` [n] bool is set (no counts) are Unassigned whatever their score."""
+def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE, no_label=None, alpha=conformal.ALPHA):
+  """The Prediction of logits [n, classes] under a calibration record, an Unassigned rule and the label sets'
+  error rate alpha; cells where `no_label` [n] bool is set (no counts) are Unassigned whatever their score."""
   calibrated = calibrate.apply(calibration, logits)
   probabilities = calibrate.softmax(calibrated).astype(np.float32)
   top = probabilities.argmax(1) if len(probabilities) else np.zeros(0, np.int64)
@@ -114,8 +120,13 @@ def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE, no_label=
   if no_label is not None:
     reason_ids = np.where(no_label, REASONS.index("no counts"), reason_ids)
   label_ids = np.where(reason_ids > 0, -1, top)
+  sets = None
+  if "val_nonconformity_by_class" in (calibration or {}):
+    sets = conformal.label_sets(probabilities, conformal.thresholds(calibration["val_nonconformity_by_class"], alpha))
+    if no_label is not None:
+      sets &= ~np.asarray(no_label, bool)[:, None]
   return Prediction(np.asarray(logits, np.float32), probabilities, label_ids, top, confidence, tuple(classes), rule,
-                    reason_ids)
+                    reason_ids, sets, alpha)
 
 
 def predict(bundle, sequences, rule=None):

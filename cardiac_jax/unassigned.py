@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from cardiac_jax import calibrate
+from cardiac_jax import calibrate, conformal
 from cardiac_jax.errors import ConfigError
 
 UNASSIGNED = "Unassigned"
@@ -61,13 +61,15 @@ def validation_quantiles_by_class(calibrated, labels):
 
 def fitted_calibration(val_logits, val_labels, method="auto"):
   """A run's calibration record: calibrate.fit (`method`: a name in calibrate.CHOICES) on the validation logits
-  [n, classes] and labels [n], with the
-  validation quantiles of every score under the chosen map, over all validation cells ('val_score_quantiles') and
-  per class ('val_score_quantiles_by_class')."""
+  [n, classes] and labels [n], with the validation quantiles of every score under the chosen map, over all
+  validation cells ('val_score_quantiles') and per class ('val_score_quantiles_by_class'), and each validation
+  cell's nonconformity by class for label sets ('val_nonconformity_by_class', conformal.py)."""
   record = calibrate.fit(val_logits, val_labels, method)
   calibrated = calibrate.apply(record, val_logits)
   record["val_score_quantiles"] = validation_quantiles(calibrated)
   record["val_score_quantiles_by_class"] = validation_quantiles_by_class(calibrated, val_labels)
+  record["val_nonconformity_by_class"] = conformal.calibration_scores(
+      calibrate.softmax(calibrated), val_labels, np.shape(val_logits)[1])
   return record
 
 

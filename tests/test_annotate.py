@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cardiac_jax import annotation, calibrate, cli, dataset, metrics, predict, readers, report, training, unassigned
+from cardiac_jax import (annotation, calibrate, cli, conformal, dataset, metrics, predict, readers, report, training,
+                         unassigned)
 from cardiac_jax import workdir as rundir
 from cardiac_jax.experiments import trust
 from cardiac_jax.errors import ConfigError, DataError
@@ -82,6 +83,30 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   query = anndata.read_h5ad(root / "query.h5ad")
   assert (out.X != query.X).nnz == 0  # the copy keeps the data as they were
   assert list(result.info["classes"]) == list(bundle.classes)
+
+
+def test_label_sets_are_written_with_their_size_and_cover_the_validation_cells(run, tmp_path):
+  """The annotated copy holds each cell's conformal label set (obsm) and its size (obs); built from the run's
+  validation nonconformities, the sets of the validation cells themselves cover them at about 1 - alpha."""
+  root, _, data, query = run
+  bundle = rundir.load(root / "run")
+  scores = bundle.calibration["val_nonconformity_by_class"]
+  assert [len(s) for s in scores] == list(np.bincount(data.val.labels, minlength=len(bundle.classes)))
+  result, _ = annotation.annotate_file(root / "run", root / "query.h5ad", tmp_path / "out.h5ad", alpha=0.2,
+                                       progress=False)
+  out = anndata.read_h5ad(tmp_path / "out.h5ad")
+  sets = out.obsm[annotation.LABEL_SETS_KEY]
+  assert sets.dtype == bool and sets.shape == (query.n_obs, len(bundle.classes))
+  np.testing.assert_array_equal(sets, result.prediction.label_sets)
+  np.testing.assert_array_equal(out.obs[annotation.LABEL_SET_SIZE_KEY], sets.sum(1))
+  probabilities = out.obsm[annotation.PROBABILITIES_KEY]
+  np.testing.assert_array_equal(sets, 1 - probabilities.astype(np.float64) <= conformal.thresholds(scores, 0.2) + 1e-6)
+  assert out.uns["cardiac_jax"]["label_sets"]["alpha"] == 0.2
+  in_memory = annotation.annotate(bundle, query, alpha=0.2, progress=False).to_adata()
+  np.testing.assert_array_equal(in_memory.obsm[annotation.LABEL_SETS_KEY], sets)
+  validation = predict.predict(bundle, data.val)  # the default alpha, 0.1
+  covered = conformal.coverage(validation.label_sets, data.val.labels)
+  assert covered["coverage"] >= 0.9 and covered["coverage"] < 0.97
 
 
 def test_eval_and_annotate_give_every_test_cell_the_same_label(run, tmp_path):
@@ -282,6 +307,7 @@ def test_non_finite_values_are_zeroed_and_counted_and_cells_without_counts_are_u
   labels = out.obs[annotation.LABEL_KEY].astype(str).to_numpy()
   reasons = out.obs[annotation.REASON_KEY].astype(str).to_numpy()
   assert labels[2] == unassigned.UNASSIGNED and reasons[2] == "no counts"
+  assert out.obs[annotation.LABEL_SET_SIZE_KEY].iloc[2] == 0  # nothing explains a cell without counts
   assert set(reasons[labels != unassigned.UNASSIGNED]) == {""}
   assert set(reasons[labels == unassigned.UNASSIGNED]) <= {"no counts", "score below threshold"}
   # the cleaned cells are labelled as if their non-finite values had been 0

@@ -12,7 +12,8 @@ from cardiac_jax import workdir as rundir
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "cardiac_jax"
 # The layers, lowest first: a module may import its own layer's modules and lower ones, never a higher layer's.
 LAYERS = (
-    {"errors", "checks", "configs", "figures", "integrity", "parallel", "metrics", "calibrate", "unassigned"},
+    {"errors", "checks", "configs", "figures", "integrity", "parallel", "metrics", "calibrate", "conformal",
+     "unassigned"},
     {"readers", "preprocess", "split", "sequences", "batches", "simulate", "dataset"},
     {"model", "linear"},
     {"workdir"},

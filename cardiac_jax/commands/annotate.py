@@ -8,7 +8,7 @@ or 'Unassigned' when the cell's score is below a threshold chosen on the run's v
 
 from absl import flags
 
-from cardiac_jax import annotation, preprocess, unassigned
+from cardiac_jax import annotation, conformal, preprocess, unassigned
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A run trained with a per-cell sequence mode (--config=annotate).",
@@ -31,6 +31,10 @@ flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unas
 flags.DEFINE_bool("per_class", True, "Without --threshold: one threshold per class, each keeping --keep_known of "
                   "that class's validation cells assigned (a rare class is not left out whole); "
                   "--noper_class: one threshold for all cells.")
+flags.DEFINE_float("alpha", conformal.ALPHA, "Label sets (obsm['cardiac_jax_label_sets'], their size in "
+                   "obs['cardiac_jax_label_set_size']): each cell gets the smallest set of types that holds its true "
+                   "type with probability 1 - alpha, for every type alike, calibrated on the run's validation "
+                   "donors; an empty set is a cell no known type explains as well as its validation cells.")
 flags.DEFINE_string("geo_matrix", "counts", "For a GEO folder: 'counts' or 'sctransform'.")
 
 
@@ -39,4 +43,4 @@ def main():
       FLAGS.workdir, FLAGS.input, FLAGS.output, time_key=FLAGS.time_key, donor_key=FLAGS.donor_key,
       gene_key=FLAGS.gene_key, normalization=FLAGS.normalization, unassigned_score=FLAGS.unassigned_score,
       threshold=FLAGS.threshold, keep_known=FLAGS.keep_known, per_class=None if FLAGS.per_class else False,
-      geo_matrix=FLAGS.geo_matrix)
+      alpha=FLAGS.alpha, geo_matrix=FLAGS.geo_matrix)
