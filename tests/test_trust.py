@@ -1,5 +1,6 @@
 """How far to trust a label: the runs of the two experiments and what their summaries say."""
 
+import numpy as np
 import pytest
 
 from cardiac_jax.experiments import trust
@@ -43,7 +44,17 @@ def test_the_donor_table_says_which_calibration_each_run_chose():
             "chosen_calibration": {r["run"]: r["chosen"] for r in rows}, "worst_donor": trust._worst(per_donor),
             "labels_summary": trust._summary(labelled, "method", ("accuracy", "macro_f1")),
             "labels_against_logistic_regression": trust._against(labelled, "per-cell logistic regression")}
+  labels = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+  made = np.zeros((10, 2), bool)
+  made[np.arange(10), labels] = True
+  made[0] = [False, False]  # one class-0 cell's set is empty: class 0 is covered 1 of 2, class 1 8 of 8
+  row = trust._set_row("model", made, labels)
+  assert (row["coverage"], row["mean_size"], row["empty"], row["per_class"]) == (0.9, 0.9, 0.1, [0.5, 1.0])
+  assert (row["classes_in_range"], row["classes"]) == (2, 2)  # 2 or 8 cells: wide ranges
+  record.update(alpha=0.1, label_sets=[dict(row, run="fold0")],
+                label_sets_summary=trust._summary([row], "method", ("coverage", "mean_size", "empty")))
   text = trust.donors_markdown(record)
+  assert "| model | 0.900 ± 0.000 | 0.90 ± 0.00 | 0.100 ± 0.000 | 2 of 2 | 1 |" in text
   assert f"| {trust.AS_ANNOTATED} | 0.8000 ± 0.0000 |" in text
   assert f"({trust.AS_ANNOTATED}): fold0 vector, fold1 temperature." in text
   assert "| model | 0.8100 ± 0.0141 | 0.7100 ± 0.0141 | 2 |" in text

@@ -48,7 +48,7 @@ def log_normalised(adata):
 
 
 def split_adatas(config, data):
-  """(train, test) AnnData of all genes, log1p of counts normalised to 10,000, obs['label'] the class name.
+  """(train, val, test) AnnData of all genes, log1p of counts normalised to 10,000, obs['label'] the class name.
 
   The cells are the Dataset's own training and test cells (by obs name), read again from the config's files.
   """
@@ -56,7 +56,7 @@ def split_adatas(config, data):
   adata.obs_names_make_unique()
   label = np.asarray(data.encoding.classes, dtype=object)[data.cell_labels]
   out = []
-  for split in (0, 2):
+  for split in (0, 1, 2):
     rows = np.flatnonzero(data.cell_split == split)
     part = log_normalised(adata[data.cell_names[rows]])
     part.obs["label"] = label[rows]
@@ -86,15 +86,16 @@ def prob_match(model, query, p_thres=0.5):
 
 
 def fit_and_annotate(config, data, seed):
-  """CellTypist trained on the Dataset's training cells, applied to its test cells.
+  """CellTypist trained on the Dataset's training cells, applied to its test cells (and validation cells).
 
   Returns:
     dict: 'best_match' and 'majority_voting' [test cells] int class ids (test cells in `data.test` order),
     'conf_score' [test cells] CellTypist's confidence of the best match, 'probabilities' [test cells, classes]
-    (CellTypist's per-class sigmoid scores, in the Dataset's class order).
+    (CellTypist's per-class sigmoid scores, in the Dataset's class order), 'val_probabilities' [validation
+    cells, classes] the same of the validation cells (in `data.val` order).
   """
   celltypist = _import()
-  train, test = split_adatas(config, data)
+  train, val, test = split_adatas(config, data)
   model = train_model(train, seed)
   # annotate() and to_adata() change the AnnData they are given: each call gets its own copy.
   predictions = celltypist.annotate(test.copy(), model=model, majority_voting=False)
@@ -103,7 +104,10 @@ def fit_and_annotate(config, data, seed):
   index = {name: i for i, name in enumerate(data.encoding.classes)}
   order = test.obs_names
   probabilities = predictions.probability_matrix.loc[order, list(data.encoding.classes)]
+  val_probabilities = celltypist.annotate(val.copy(), model=model, majority_voting=False).probability_matrix.loc[
+      val.obs_names, list(data.encoding.classes)]
   return {
+      "val_probabilities": val_probabilities.to_numpy(np.float32),
       "best_match": np.array([index[v] for v in best.obs.loc[order, "predicted_labels"].astype(str)]),
       "majority_voting": np.array([index[v] for v in voted.loc[order, "majority_voting"].astype(str)]),
       "conf_score": best.obs.loc[order, "conf_score"].to_numpy(np.float32),

@@ -26,7 +26,8 @@ import numpy as np
 from absl import logging
 from sklearn.metrics import roc_auc_score
 
-from cardiac_jax import annotation, calibrate, dataset, figures, integrity, metrics, predict, report, unassigned
+from cardiac_jax import (annotation, calibrate, conformal, dataset, figures, integrity, metrics, predict, report,
+                         unassigned)
 from cardiac_jax import workdir as rundir
 from cardiac_jax.configs import default as default_config
 from cardiac_jax.errors import ConfigError
@@ -167,8 +168,11 @@ def _score_fold(name, config, workdir, adata):
   predictions = {"model": prediction.label_ids,
                  "per-cell logistic regression": methods["per-cell logistic regression"].argmax(1),
                  TIME_LOGREG: baselines.cell_time_logreg(data, config.seed)}
+  sets = {"model": prediction.label_sets} if prediction.label_sets is not None else {}
   if celltypist_compare.available():
     fitted = celltypist_compare.fit_and_annotate(config, data, config.seed)
+    scores = conformal.calibration_scores(fitted["val_probabilities"], data.val.labels, len(bundle.classes))
+    sets[celltypist_compare.BEST_MATCH] = conformal.label_sets(fitted["probabilities"], conformal.thresholds(scores))
     confidences[celltypist_compare.BEST_MATCH] = (fitted["conf_score"], fitted["best_match"] == labels)
     rows.append(_calibration_row(celltypist_compare.BEST_MATCH, *confidences[celltypist_compare.BEST_MATCH],
                                  fitted["probabilities"], labels))
@@ -190,7 +194,20 @@ def _score_fold(name, config, workdir, adata):
   for method, predicted in predictions.items():
     scored = metrics.classification_report(labels, predicted, bundle.classes)
     labelled.append({"run": name, "method": method, "accuracy": scored["accuracy"], "macro_f1": scored["macro_f1"]})
-  return {"calibration": rows, "per_donor": per_donor, "confidences": pairs, "labels": labelled}
+  return {"calibration": rows, "per_donor": per_donor, "confidences": pairs, "labels": labelled,
+          "label_sets": [dict(_set_row(method, made, labels), run=name) for method, made in sets.items()]}
+
+
+def _set_row(method, sets, labels):
+  """Coverage of label sets [cells, classes] on the cells' labels: overall, mean size, share empty, and per class
+  whether the coverage lies in its binomial sampling range (conformal.binomial_interval)."""
+  covered = conformal.coverage(sets, labels)
+  counts = np.bincount(labels, minlength=sets.shape[1])
+  within = [bool(low <= share <= high) for share, n in zip(covered["per_class"], counts) if n
+            for low, high in [conformal.binomial_interval(int(n))]]
+  return {"method": method, "coverage": covered["coverage"], "mean_size": covered["mean_size"],
+          "empty": covered["empty"], "per_class": covered["per_class"], "classes_in_range": sum(within),
+          "classes": len(within)}
 
 
 
@@ -222,7 +239,7 @@ def _score_unseen(cell_type, config, workdir, adata):
                            "unseen_unassigned": float(below[unseen].mean()),
                            "known_unassigned": float(below[~unseen].mean())}
   if celltypist_compare.available():
-    train_cells, _ = celltypist_compare.split_adatas(config, data)
+    train_cells, *_ = celltypist_compare.split_adatas(config, data)
     model = celltypist_compare.train_model(train_cells, config.seed)
     labels, top = celltypist_compare.prob_match(model, celltypist_compare.log_normalised(query))
     below = labels == unassigned.UNASSIGNED
@@ -240,7 +257,7 @@ def donor_loop(config, workdir, folds=FOLDS):
   written to <workdir>/donors.json."""
   started = time.perf_counter()
   adata = None
-  calibration, per_donor, labelled, pooled = [], [], [], {}
+  calibration, per_donor, labelled, sets, pooled = [], [], [], [], {}
   for name, run_config, run_dir in runs(config, workdir, "donors", folds):
     logging.info("trust: donor loop, %s", name)
     trained(run_config, run_dir)
@@ -249,6 +266,7 @@ def donor_loop(config, workdir, folds=FOLDS):
     calibration += scored["calibration"]
     per_donor += scored["per_donor"]
     labelled += scored["labels"]
+    sets += scored["label_sets"]
     for method, pair in scored["confidences"].items():
       previous = pooled.get(method, (np.zeros(0), np.zeros(0, bool)))
       pooled[method] = (np.concatenate([previous[0], pair["confidence"]]),
@@ -258,7 +276,9 @@ def donor_loop(config, workdir, folds=FOLDS):
             "chosen_calibration": {r["run"]: r["chosen"] for r in calibration if "chosen" in r},
             "per_donor": per_donor, "worst_donor": _worst(per_donor),
             "labels": labelled, "labels_summary": _summary(labelled, "method", ("accuracy", "macro_f1")),
-            "labels_against_logistic_regression": _against(labelled, "per-cell logistic regression")}
+            "labels_against_logistic_regression": _against(labelled, "per-cell logistic regression"),
+            "alpha": conformal.ALPHA, "label_sets": sets,
+            "label_sets_summary": _summary(sets, "method", ("coverage", "mean_size", "empty"))}
   out = pathlib.Path(workdir).expanduser()
   integrity.write_atomic(out / "donors.json", json.dumps(record, indent=2))
   integrity.write_atomic(out / "donors.md", donors_markdown(record))
@@ -337,6 +357,17 @@ def donors_markdown(record):
   lines += [f"| {r['method']} | {tables.format_pm(*r['accuracy'], signed=True)} | {r['accuracy_ahead']} of {r['n']} | "
             f"{tables.format_pm(*r['macro_f1'], signed=True)} | {r['macro_f1_ahead']} of {r['n']} |"
             for r in record["labels_against_logistic_regression"]]
+  if record.get("label_sets"):
+    alpha = record["alpha"]
+    lines += ["", f"Label sets for alpha = {alpha} (each should hold the cell's type for {1 - alpha:.0%} of the cells, "
+              "of every type alike), calibrated on each run's validation cells, scored on its held-out donors' cells:",
+              "", "| method | coverage | mean set size | empty sets | classes within their sampling range | runs |",
+              "|---|---|---|---|---|---|"]
+    for r in record["label_sets_summary"]:
+      group = [s for s in record["label_sets"] if s["method"] == r["method"]]
+      lines.append(f"| {r['method']} | {tables.format_pm(*r['coverage'], 3)} | {tables.format_pm(*r['mean_size'], 2)} "
+                   f"| {tables.format_pm(*r['empty'], 3)} | {sum(s['classes_in_range'] for s in group)} of "
+                   f"{sum(s['classes'] for s in group)} | {r['n']} |")
   chosen = ", ".join(f"{run} {method}" for run, method in record["chosen_calibration"].items())
   lines += ["", f"Calibration each run's calibration.json chose on its validation cells ({AS_ANNOTATED}): {chosen}."]
   methods = [m for m in record["per_donor"][0] if isinstance(record["per_donor"][0][m], dict)]
