@@ -85,8 +85,9 @@ def prob_match(model, query, p_thres=0.5):
   return labels, predictions.probability_matrix.loc[order].to_numpy(np.float64).max(1)
 
 
-def fit_and_annotate(config, data, seed):
-  """CellTypist trained on the Dataset's training cells, applied to its test cells (and validation cells).
+def fit_and_annotate(config, data, seed, majority_voting=True):
+  """CellTypist trained on the Dataset's training cells, applied to its test cells (and validation cells);
+  majority_voting=False leaves its over-clustering out ('majority_voting' is then absent).
 
   Returns:
     dict: 'best_match' and 'majority_voting' [test cells] int class ids (test cells in `data.test` order),
@@ -100,19 +101,21 @@ def fit_and_annotate(config, data, seed):
   # annotate() and to_adata() change the AnnData they are given: each call gets its own copy.
   predictions = celltypist.annotate(test.copy(), model=model, majority_voting=False)
   best = predictions.to_adata()
-  voted = celltypist.annotate(test.copy(), model=model, majority_voting=True).predicted_labels
   index = {name: i for i, name in enumerate(data.encoding.classes)}
   order = test.obs_names
   probabilities = predictions.probability_matrix.loc[order, list(data.encoding.classes)]
   val_probabilities = celltypist.annotate(val.copy(), model=model, majority_voting=False).probability_matrix.loc[
       val.obs_names, list(data.encoding.classes)]
-  return {
+  fitted = {
       "val_probabilities": val_probabilities.to_numpy(np.float32),
       "best_match": np.array([index[v] for v in best.obs.loc[order, "predicted_labels"].astype(str)]),
-      "majority_voting": np.array([index[v] for v in voted.loc[order, "majority_voting"].astype(str)]),
       "conf_score": best.obs.loc[order, "conf_score"].to_numpy(np.float32),
       "probabilities": probabilities.to_numpy(np.float32),
   }
+  if majority_voting:
+    voted = celltypist.annotate(test.copy(), model=model, majority_voting=True).predicted_labels
+    fitted["majority_voting"] = np.array([index[v] for v in voted.loc[order, "majority_voting"].astype(str)])
+  return fitted
 
 
 def baselines(config):

@@ -170,7 +170,7 @@ def _score_fold(name, config, workdir, adata):
                  TIME_LOGREG: baselines.cell_time_logreg(data, config.seed)}
   sets = {"model": prediction.label_sets} if prediction.label_sets is not None else {}
   if celltypist_compare.available():
-    fitted = celltypist_compare.fit_and_annotate(config, data, config.seed)
+    fitted = celltypist_compare.fit_and_annotate(config, data, config.seed, majority_voting=False)
     scores = conformal.calibration_scores(fitted["val_probabilities"], data.val.labels, len(bundle.classes))
     sets[celltypist_compare.BEST_MATCH] = conformal.label_sets(fitted["probabilities"], conformal.thresholds(scores))
     confidences[celltypist_compare.BEST_MATCH] = (fitted["conf_score"], fitted["best_match"] == labels)
