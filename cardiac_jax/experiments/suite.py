@@ -26,7 +26,9 @@ from cardiac_jax.sequences import MODES
 
 # The annotate recipe before gene scaling, time channels and the linear path (the per-cell rows' first version).
 PREVIOUS_RECIPE = {"data.input_scaling": "sequence", "data.time_channels": False, "model.linear_path": False,
-                   "train.linear_start": False, "train.calibration_method": "auto"}
+                   "train.linear_start": False, "train.calibration_method": "auto",
+                   "train.early_stopping_metric": "accuracy"}
+ACCURACY_STOPPING = {"train.early_stopping_metric": "accuracy"}
 
 # Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
 ROWS = {
@@ -45,23 +47,24 @@ ROWS = {
     "anchored": (("annotate", "donor"), "model, anchored (annotate config)", {}),
     "cell-alone": (("annotate", "donor"), "model, each cell alone (no context)",
                    {"data.sequence_mode": "cell", "model.pooling": "mean"}),
-    "anchored-linear-start": (("annotate", "donor"), "model, calibration chosen by validation NLL",
-                              {"train.calibration_method": "auto"}),
-    "anchored-time": (("annotate", "donor"), "model, no linear start, calibration by NLL",
-                      {"train.linear_start": False, "train.calibration_method": "auto"}),
-    "anchored-linear-path": (("annotate", "donor"), "model, no time channels, no linear start, calibration by NLL",
-                             {"data.time_channels": False, "train.linear_start": False,
-                              "train.calibration_method": "auto"}),
+    "anchored-linear-start": (("annotate", "donor"), "model, early stopping on accuracy, calibration by NLL",
+                              dict(ACCURACY_STOPPING, **{"train.calibration_method": "auto"})),
+    "anchored-time": (("annotate", "donor"), "model, no linear start, early stopping on accuracy, calibration by NLL",
+                      dict(ACCURACY_STOPPING, **{"train.linear_start": False, "train.calibration_method": "auto"})),
+    "anchored-linear-path": (("annotate", "donor"),
+                             "model, no time channels, no linear start, early stopping on accuracy, calibration by NLL",
+                             dict(ACCURACY_STOPPING, **{"data.time_channels": False, "train.linear_start": False,
+                                                        "train.calibration_method": "auto"})),
     "anchored-gene-scaled": (("annotate", "donor"), "model, previous recipe with genes scaled",
                              dict(PREVIOUS_RECIPE, **{"data.input_scaling": "gene"})),
     "seed-recipe": (("annotate", "donor"), "model, previous recipe (sequence z-score, no time, no linear path)",
                     PREVIOUS_RECIPE),
     "anchored-unweighted": (("annotate", "donor"), "model, unweighted loss", {"train.class_weighting": "none"}),
-    "anchored-linear-start-f1": (("annotate", "donor"), "model, early stopping on validation macro-F1",
-                                 {"train.early_stopping_metric": "macro_f1"}),
-    "anchored-linear-start-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer",
-                                    {"model.hidden_dim": 32, "model.num_layers": 1, "model.num_heads": 4,
-                                     "model.head_dims": (32,)}),
+    "anchored-linear-start-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer, early stopping on accuracy",
+                                    dict(ACCURACY_STOPPING, **{"model.hidden_dim": 32, "model.num_layers": 1,
+                                                               "model.num_heads": 4, "model.head_dims": (32,)})),
+    "anchored-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer",
+                       {"model.hidden_dim": 32, "model.num_layers": 1, "model.num_heads": 4, "model.head_dims": (32,)}),
     # A small reference: the annotation model trained on SMALL_REFERENCE cells of the training donors.
     "small-reference": (("annotate-small", "donor"), "model, anchored (annotate config)", {}),
 }
