@@ -63,6 +63,7 @@ ROWS = {
     "anchored-linear-start-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer, early stopping on accuracy",
                                     dict(ACCURACY_STOPPING, **{"model.hidden_dim": 32, "model.num_layers": 1,
                                                                "model.num_heads": 4, "model.head_dims": (32,)})),
+    "anchored-no-smoothing": (("annotate", "donor"), "model, no label smoothing", {"train.label_smoothing": 0.0}),
     "anchored-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer",
                        {"model.hidden_dim": 32, "model.num_layers": 1, "model.num_heads": 4, "model.head_dims": (32,)}),
     # A small reference: the annotation model trained on SMALL_REFERENCE cells of the training donors.
