@@ -199,7 +199,8 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
   if prediction.label_sets is not None:
     sizes = prediction.label_sets.sum(1)
     info["label_sets"] = {"alpha": alpha, "calibration_cells": CALIBRATION_CELLS,
-                          "mean_size": float(sizes.mean()) if len(sizes) else 0.0, "empty": int((sizes == 0).sum())}
+                          "mean_size": float(sizes.mean()) if len(sizes) else 0.0,
+                          "cells_with_empty_sets": int((sizes == 0).sum())}
   return AnnotationResult(prediction, info, adata if keep else None)
 
 

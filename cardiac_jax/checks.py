@@ -39,6 +39,8 @@ def _rules(config):
       ("split.fractions", all(f > 0 for f in fractions), "fractions > 0 (a split of 0 would be empty)"),
       ("split.fractions", math.isclose(sum(fractions), 1.0, abs_tol=1e-6), "fractions that sum to 1"),
       ("split.max_train_cells", split.max_train_cells >= 0, ">= 0 (0: every training cell)"),
+      ("split.max_train_cells", split.max_train_cells == 0 or split.unit != "sequence",
+       "0 with split.unit='sequence' (a small reference draws cells; that unit splits sequences)"),
       ("model.hidden_dim", model.hidden_dim >= 1, ">= 1"),
       ("model.num_layers", model.num_layers >= 1, ">= 1"),
       ("model.num_heads", model.num_heads >= 1 and (not model.use_attention or width % model.num_heads == 0),

@@ -44,7 +44,7 @@ def thresholds(scores_by_class, alpha=ALPHA):
     raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
   out = np.full(len(scores_by_class), np.inf)
   for c, scores in enumerate(scores_by_class):
-    rank = math.ceil((len(scores) + 1) * (1 - alpha))
+    rank = math.ceil((len(scores) + 1) * (1 - alpha) - 1e-9)  # the tolerance: (n + 1)(1 - alpha) in floats
     if rank <= len(scores):
       out[c] = scores[rank - 1]
   return out

@@ -378,9 +378,13 @@ def check_sequence_mode(config):
                       "(the 'sequence' unit splits the seed's type sequences)")
   if config.data.input_scaling == "gene" and not MODES[mode].per_cell:
     raise ConfigError("data.input_scaling='gene' is for per-cell sequences (data.sequence_mode 'anchored' or 'cell')")
-  if config.train.linear_start and not (config.model.linear_path and MODES[mode].per_cell):
-    raise ConfigError("train.linear_start starts the linear path of a per-cell model: it needs model.linear_path=True "
-                      "and data.sequence_mode 'anchored' or 'cell'")
+  if config.train.linear_start and not (config.model.linear_path and MODES[mode].per_cell
+                                        and (config.model.pooling == "anchor" or not MODES[mode].context)):
+    raise ConfigError("train.linear_start starts the linear path of a per-cell model from the labelled cell's own "
+                      "inputs: it needs model.linear_path=True and data.sequence_mode 'anchored' (with "
+                      "model.pooling='anchor') or 'cell'")
+  if config.train.linear_start and config.init_from:
+    raise ConfigError("train.linear_start and init_from both set the starting parameters; give one")
   if config.data.time_channels and not MODES[mode].per_cell:
     raise ConfigError("data.time_channels is for per-cell sequences (data.sequence_mode 'anchored' or 'cell')")
   if MODES[mode].context and config.data.context_k < 1:

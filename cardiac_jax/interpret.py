@@ -11,8 +11,8 @@ and writes `<workdir>/interpret/`:
   - `integrated_gradients`: the path integral of the logit's gradient from a baseline to the input, times the
     input minus the baseline, by Gauss-Legendre quadrature with `IG_STEPS` points crowded near the baseline
     (`path_points`; `jax.grad` of the batch's logits, `jax.vmap` over the points of the path). Baseline: every gene channel 0, which after the per-sequence
-    z-score is the sequence's own mean expression; the anchor channel of anchored sequences and the padding
-    are kept as they are, so they get no attribution. Completeness (attributions sum to the logit at the input
+    z-score is the sequence's own mean expression; the time and anchor channels of per-cell sequences and the
+    padding are kept as they are, so they get no attribution. Completeness (attributions sum to the logit at the input
     minus the logit at the baseline) is checked per sequence and reported (summary.json).
   - `gradient_x_input`: the gradient at the input times the input (the same baseline), the cheap first-order
     version.
@@ -69,7 +69,8 @@ ATTRIBUTIONS = "attributions.csv"
 
 
 def gene_channels(x, n_genes):
-  """[..., features] -> [..., features] mask: 1 on the first n_genes channels (genes), 0 on the anchor channel."""
+  """[..., features] -> [..., features] mask: 1 on the first n_genes channels (genes), 0 on the time and anchor
+  channels after them."""
   return (jnp.arange(x.shape[-1]) < n_genes).astype(x.dtype)
 
 
@@ -344,8 +345,8 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
   days = day_table(result, correct.labels, correct.times, classes, bundle.time_points)
   summary = {
       "workdir": str(bundle.workdir),
-      "baseline": "gene channels 0 (each sequence's own mean after the per-sequence z-score); anchor channel and "
-                  "padding as in the input",
+      "baseline": "gene channels 0 (each sequence's own mean after the per-sequence z-score); time and anchor "
+                  "channels and padding as in the input",
       "completeness": completeness(result),
       "test_sequences": int(len(test)),
       "correctly_classified": int(labelled_right.sum()),

@@ -26,6 +26,8 @@ def objective(params, x, labels, weights, l2):
 
 @jax.jit
 def _fit(x, labels, weights, l2, init):
+  """L-BFGS on `objective` from `init` ({'kernel': [features, classes], 'bias': [classes]}) for x [n, features],
+  labels [n] int, weights [n]: at most ITERATIONS steps, fewer once the gradient's norm is below TOLERANCE."""
   solver = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(lambda p: objective(p, x, labels, weights, l2))
 

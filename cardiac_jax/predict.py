@@ -113,7 +113,8 @@ def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE, no_label=
   """The Prediction of logits [n, classes] under a calibration record, an Unassigned rule and the label sets'
   error rate alpha; cells where `no_label` [n] bool is set (no counts) are Unassigned whatever their score."""
   calibrated = calibrate.apply(calibration, logits)
-  probabilities = calibrate.softmax(calibrated).astype(np.float32)
+  exact = calibrate.softmax(calibrated)  # float64, as the validation nonconformities were computed
+  probabilities = exact.astype(np.float32)
   top = probabilities.argmax(1) if len(probabilities) else np.zeros(0, np.int64)
   confidence = probabilities.max(1) if len(probabilities) else np.zeros(0, np.float32)
   reason_ids = np.where(rule.unassigned(calibrated), REASONS.index("score below threshold"), 0)
@@ -122,7 +123,7 @@ def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE, no_label=
   label_ids = np.where(reason_ids > 0, -1, top)
   sets = None
   if "val_nonconformity_by_class" in (calibration or {}):
-    sets = conformal.label_sets(probabilities, conformal.thresholds(calibration["val_nonconformity_by_class"], alpha))
+    sets = conformal.label_sets(exact, conformal.thresholds(calibration["val_nonconformity_by_class"], alpha))
     if no_label is not None:
       sets &= ~np.asarray(no_label, bool)[:, None]
   return Prediction(np.asarray(logits, np.float32), probabilities, label_ids, top, confidence, tuple(classes), rule,

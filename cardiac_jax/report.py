@@ -101,7 +101,9 @@ def evaluate(workdir):
   config, record, classes = bundle.config, bundle.record, list(bundle.classes)
   report.update(
       best_epoch=bundle.checkpoint["best_epoch"],
-      best_val_accuracy=bundle.checkpoint["val_accuracy"],
+      best_val_accuracy=bundle.checkpoint["val_accuracy"],  # the best epoch's, whichever score chose it
+      early_stopping_metric=bundle.config.train.early_stopping_metric,
+      best_val_score=bundle.checkpoint.get("val_score", bundle.checkpoint["val_accuracy"]),
       parameters=count_params(bundle.params),
       split_unit=config.split.unit,
       sequence_mode=config.data.sequence_mode,

@@ -85,7 +85,9 @@ class Sequences:
   """A set of padded sequences.
 
   Attributes:
-    x: [n, max_len, genes] float32, z-scored over each sequence's valid steps, zeros after them.
+    x: [n, max_len, features] float32: the genes (z-scored over each sequence's valid steps, or each gene by the
+      training cells' mean and spread), then for per-cell sequences any time channels (`with_time_channels`) and
+      the anchor channel (anchored); zeros after the valid steps.
     lengths: [n] int32 valid steps (padding is at the end).
     labels: [n] int32 class ids (-1 where unknown: a query being annotated).
     cell_ids: [n, max_len] int64 rows of the cells used (-1 at padding and at spatial steps); at an anchored
@@ -111,6 +113,12 @@ class Sequences:
     """[n] int64 row of each per-cell sequence's labelled cell (-1 for type sequences)."""
     rows = np.take_along_axis(self.cell_ids, np.maximum(self.anchor, 0)[:, None].astype(np.int64), 1)[:, 0]
     return np.where(self.anchor >= 0, rows, -1)
+
+  @property
+  def anchor_times(self):
+    """[n] int32 time-point index of each per-cell sequence's labelled cell (-1 for type sequences)."""
+    times = np.take_along_axis(self.times, np.maximum(self.anchor, 0)[:, None].astype(np.int64), 1)[:, 0]
+    return np.where(self.anchor >= 0, times, -1).astype(np.int32)
 
   @property
   def mask(self):

@@ -122,7 +122,8 @@ def split_cells(labels, donors, *, unit, fractions, seed, classes, path="<data>"
   train = np.flatnonzero(split == 0)
   if 0 < max_train < len(train):
     split[np.random.default_rng([seed, 4]).choice(train, len(train) - max_train, replace=False)] = UNUSED
-  check_every_class(labels, split, classes, path, what="cells")
+  check_every_class(labels, split, classes, path,
+                    what=f"cells (split.max_train_cells={max_train} drawn at random)" if max_train else "cells")
   return split
 
 

@@ -24,7 +24,8 @@ from flax.training import train_state
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
-from cardiac_jax import calibrate, checks, configs, integrity, linear, parallel, predict, preprocess, readers, split, unassigned
+from cardiac_jax import (calibrate, checks, configs, integrity, linear, parallel, predict, preprocess, readers, split,
+                         unassigned)
 from cardiac_jax.configs import default as default_config
 from cardiac_jax import dataset as datasets
 from cardiac_jax import metrics as metrics_lib

@@ -29,8 +29,7 @@ def _query(bundle):
   cells = np.flatnonzero(data.cell_split == 2)
   times = np.empty(len(data.cell_x), np.int32)
   for sequences in data.splits.values():
-    rows = sequences.anchor_cells
-    times[rows] = np.take_along_axis(sequences.times, sequences.anchor[:, None].astype(np.int64), 1)[:, 0]
+    times[sequences.anchor_cells] = sequences.anchor_times
   donors = dataset.load(bundle.config)[0].obs[bundle.config.data.donor_key].astype(str)
   return data.cell_x[cells], times[cells], donors.loc[data.cell_names[cells]].to_numpy()
 

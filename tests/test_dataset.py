@@ -189,6 +189,20 @@ def test_per_cell_settings_that_cannot_work_are_refused(config):
   config.model.pooling = "anchor"
   with pytest.raises(ConfigError, match="model.pooling='anchor'"):
     dataset.prepare(config)
+  config.model.pooling = "mean"
+  config.data.time_channels = True
+  config.data.sequence_mode = "type"
+  with pytest.raises(ConfigError, match="data.time_channels is for per-cell sequences"):
+    dataset.prepare(config)
+  config.data.time_channels = False
+  config.data.sequence_mode = "anchored"
+  config.model.linear_path = config.train.linear_start = True  # the mean over steps is not the cell's own input
+  with pytest.raises(ConfigError, match="train.linear_start starts the linear path"):
+    dataset.prepare(config)
+  config.model.pooling = "anchor"
+  config.init_from = "runs/other"
+  with pytest.raises(ConfigError, match="train.linear_start and init_from"):
+    dataset.prepare(config)
   config.data.sequence_mode = "sideways"
   with pytest.raises(ConfigError, match="data.sequence_mode must be one of"):
     dataset.prepare(config)

@@ -291,6 +291,7 @@ def test_the_command_line_names_bad_flags_and_config_files(tmp_path):
     ("seed", -1, "seed=-1"),
     ("data.n_per_type", 0, "data.n_per_type=0"),
     ("train.num_epochs", 0, "train.num_epochs=0"),
+    ("split.max_train_cells", -5, "split.max_train_cells=-5"),
 ])
 def test_values_the_model_cannot_take(config, tmp_path, field, value, expected):
   default.override(config, {field: value}) if "." in field else setattr(config, field, value)
@@ -301,7 +302,8 @@ def test_values_the_model_cannot_take(config, tmp_path, field, value, expected):
 
 @pytest.mark.parametrize("field, value", [
     ("model.pooling", "max"), ("model.dtype", "float16"), ("model.lstm_impl", "cudnn"), ("model_name", "gru"),
-    ("data.sequence_mode", "anchor"), ("split.unit", "batch"),
+    ("data.sequence_mode", "anchor"), ("split.unit", "batch"), ("train.calibration_method", "isotonic"),
+    ("train.early_stopping_metric", "loss"),
 ])
 def test_a_choice_the_config_does_not_offer_is_refused_before_any_data_are_read(config, tmp_path, monkeypatch, field,
                                                                                 value):

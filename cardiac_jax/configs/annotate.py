@@ -33,9 +33,8 @@ ANNOTATE = {
     # training cells (fitted in JAX): training begins at that regression and adds what the sequences hold beyond it.
     "model.linear_path": True,
     "train.linear_start": True,
-    # One temperature: it keeps each cell's most probable class as the balanced loss made it. Vector scaling's
-    # per-class biases move cells back towards common types (UNK's recall fell to about 0.1) for a validation
-    # NLL that barely differs (docs/annotation.md).
+    # One temperature: it keeps each cell's most probable class as the balanced loss made it; vector scaling's
+    # per-class biases move cells back towards the common types (docs/annotation.md).
     "train.calibration_method": "temperature",
     # Early stopping and the best checkpoint by validation macro-F1 (every type counts the same), the score the
     # labels are judged by; validation accuracy favours the common types.

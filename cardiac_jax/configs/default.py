@@ -172,7 +172,7 @@ def get_config():
   # ReduceLROnPlateau on validation loss, in PyTorch's meaning (patience 3 = optax patience 4).
   config.train.plateau_factor = 0.5
   config.train.plateau_patience = 3
-  # Early stopping: epochs without a better validation accuracy.
+  # Early stopping: epochs without a better validation score (train.early_stopping_metric).
   config.train.early_stop_patience = 8
   # What early stopping and the best checkpoint watch on the validation split: 'accuracy' (the seed's) or
   # 'macro_f1' (each class counts the same, as in the per-cell scores).

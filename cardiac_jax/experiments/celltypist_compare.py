@@ -50,7 +50,8 @@ def log_normalised(adata):
 def split_adatas(config, data):
   """(train, val, test) AnnData of all genes, log1p of counts normalised to 10,000, obs['label'] the class name.
 
-  The cells are the Dataset's own training and test cells (by obs name), read again from the config's files.
+  The cells are the Dataset's own training, validation and test cells (by obs name), read again from the config's
+  files.
   """
   adata, _ = dataset.load(config)
   adata.obs_names_make_unique()

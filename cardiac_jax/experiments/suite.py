@@ -29,6 +29,8 @@ PREVIOUS_RECIPE = {"data.input_scaling": "sequence", "data.time_channels": False
                    "train.linear_start": False, "train.calibration_method": "auto",
                    "train.early_stopping_metric": "accuracy"}
 ACCURACY_STOPPING = {"train.early_stopping_metric": "accuracy"}
+NLL_CALIBRATION = dict(ACCURACY_STOPPING, **{"train.calibration_method": "auto"})
+SMALL_NETWORK = {"model.hidden_dim": 32, "model.num_layers": 1, "model.num_heads": 4, "model.head_dims": (32,)}
 
 # Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
 ROWS = {
@@ -48,24 +50,21 @@ ROWS = {
     "cell-alone": (("annotate", "donor"), "model, each cell alone (no context)",
                    {"data.sequence_mode": "cell", "model.pooling": "mean"}),
     "anchored-linear-start": (("annotate", "donor"), "model, early stopping on accuracy, calibration by NLL",
-                              dict(ACCURACY_STOPPING, **{"train.calibration_method": "auto"})),
+                              NLL_CALIBRATION),
     "anchored-time": (("annotate", "donor"), "model, no linear start, early stopping on accuracy, calibration by NLL",
-                      dict(ACCURACY_STOPPING, **{"train.linear_start": False, "train.calibration_method": "auto"})),
-    "anchored-linear-path": (("annotate", "donor"),
-                             "model, no time channels, no linear start, early stopping on accuracy, calibration by NLL",
-                             dict(ACCURACY_STOPPING, **{"data.time_channels": False, "train.linear_start": False,
-                                                        "train.calibration_method": "auto"})),
+                      dict(NLL_CALIBRATION, **{"train.linear_start": False})),
+    "anchored-linear-path": (("annotate", "donor"), "model, no time channels, no linear start, early stopping on "
+                             "accuracy, calibration by NLL",
+                             dict(NLL_CALIBRATION, **{"data.time_channels": False, "train.linear_start": False})),
     "anchored-gene-scaled": (("annotate", "donor"), "model, previous recipe with genes scaled",
                              dict(PREVIOUS_RECIPE, **{"data.input_scaling": "gene"})),
     "seed-recipe": (("annotate", "donor"), "model, previous recipe (sequence z-score, no time, no linear path)",
                     PREVIOUS_RECIPE),
     "anchored-unweighted": (("annotate", "donor"), "model, unweighted loss", {"train.class_weighting": "none"}),
     "anchored-linear-start-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer, early stopping on accuracy",
-                                    dict(ACCURACY_STOPPING, **{"model.hidden_dim": 32, "model.num_layers": 1,
-                                                               "model.num_heads": 4, "model.head_dims": (32,)})),
+                                    dict(ACCURACY_STOPPING, **SMALL_NETWORK)),
     "anchored-no-smoothing": (("annotate", "donor"), "model, no label smoothing", {"train.label_smoothing": 0.0}),
-    "anchored-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer",
-                       {"model.hidden_dim": 32, "model.num_layers": 1, "model.num_heads": 4, "model.head_dims": (32,)}),
+    "anchored-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer", SMALL_NETWORK),
     # A small reference: the annotation model trained on SMALL_REFERENCE cells of the training donors.
     "small-reference": (("annotate-small", "donor"), "model, anchored (annotate config)", {}),
 }
@@ -79,10 +78,9 @@ ANNOTATION_ROWS = tuple(r for r in ROWS if r not in SEED_ROWS)
 # Model rows are also compared seed by seed with references: for the seed's type sequences the mean-expression
 # baseline (the strongest one in every setting measured), for per-cell annotation the per-cell logistic regression
 # on the same genes (the bar every annotation model has to clear), the same with the cell's time point (the
-# linear model the annotation network starts from) and CellTypist where it is installed.
+# linear model a temporal annotator has to beat) and CellTypist where it is installed.
 PAIRED_BASELINE = "mean-expression logistic regression"
-PAIRED_CELL_BASELINES = ("per-cell logistic regression", "per-cell logistic regression with the time point",
-                         "CellTypist (best match)")
+PAIRED_CELL_BASELINES = ("per-cell logistic regression", baselines.TIME_LOGREG, "CellTypist (best match)")
 
 
 def _baselines(config):

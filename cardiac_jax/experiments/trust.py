@@ -34,7 +34,6 @@ from cardiac_jax.errors import ConfigError
 from cardiac_jax.experiments import baselines, celltypist_compare, tables
 from cardiac_jax.preprocess import natural_key
 
-TIME_LOGREG = "per-cell logistic regression with the time point"
 # Folds of the leave-donors-out loop by default: 19 donors -> test splits of 4 or 5 donors.
 FOLDS = 4
 
@@ -76,7 +75,7 @@ def refit_calibration(workdir):
   if abs(accuracy - results["val_accuracy"]) > 1e-6:
     raise ConfigError(f"{bundle.workdir / rundir.RESULTS}: validation accuracy {results['val_accuracy']:.6f}, but the validation "
                       f"cells prepared again give {accuracy:.6f}; the data changed since the run, not refitted")
-  record = unassigned.fitted_calibration(val_logits, val.labels)
+  record = unassigned.fitted_calibration(val_logits, val.labels, bundle.config.train.calibration_method)
   writer = rundir.Writer(bundle.workdir)
   with integrity.workdir_lock(bundle.workdir):  # one writer at a time, as in training
     writer.calibration(record)
@@ -128,10 +127,13 @@ def _calibration_row(method, confidence, correct, probabilities, labels):
           "classwise_ece": metrics.classwise_ece(probabilities, labels)}
 
 
-def _scored_once(path, score):
-  """score()'s JSON-ready result, kept at `path` so that a resumed loop does not score a finished run again."""
+def _scored_once(path, score, keys=()):
+  """score()'s JSON-ready result, kept at `path` so that a resumed loop does not score a finished run again (a
+  kept result that lacks one of `keys`, written by an earlier version, is scored again)."""
   if path.exists():
-    return json.loads(path.read_text())
+    kept = json.loads(path.read_text())
+    if all(key in kept for key in keys):
+      return kept
   result = score()
   integrity.write_atomic(path, json.dumps(result, indent=2))
   return result
@@ -144,7 +146,8 @@ AS_ANNOTATED = "model, as annotate.py reports"
 def score_fold(name, config, workdir, adata):
   """One run of the donor loop scored on its test cells (kept in the run's trust.json): calibration rows,
   per-donor rows and, per method, the confidences and whether the label was right (reliability diagram)."""
-  return _scored_once(pathlib.Path(workdir) / rundir.TRUST, lambda: _score_fold(name, config, workdir, adata))
+  return _scored_once(pathlib.Path(workdir) / rundir.TRUST, lambda: _score_fold(name, config, workdir, adata),
+                      keys=("calibration", "per_donor", "confidences", "labels", "label_sets"))
 
 
 def _score_fold(name, config, workdir, adata):
@@ -167,7 +170,7 @@ def _score_fold(name, config, workdir, adata):
   # The model's labels as annotate.py gives them (Unassigned a miss); the references label every cell.
   predictions = {"model": prediction.label_ids,
                  "per-cell logistic regression": methods["per-cell logistic regression"].argmax(1),
-                 TIME_LOGREG: baselines.cell_time_logreg(data, config.seed)}
+                 baselines.TIME_LOGREG: baselines.cell_time_logreg(data, config.seed)}
   sets = {"model": prediction.label_sets} if prediction.label_sets is not None else {}
   if celltypist_compare.available():
     fitted = celltypist_compare.fit_and_annotate(config, data, config.seed, majority_voting=False)
@@ -351,8 +354,8 @@ def donors_markdown(record):
             "mean ± sd over runs:", "", "| method | accuracy | macro-F1 | runs |", "|---|---|---|---|"]
   lines += [f"| {r['method']} | {tables.format_pm(*r['accuracy'])} | {tables.format_pm(*r['macro_f1'])} | {r['n']} |"
             for r in record["labels_summary"]]
-  lines += ["", "Run by run against the per-cell logistic regression (same cells): difference, mean ± sd, and the runs "
-            "where the method is ahead.", "", "| method | accuracy - LR | ahead in | macro-F1 - LR | ahead in |",
+  lines += ["", "Run by run against the per-cell logistic regression (same cells): difference, mean ± sd, and the "
+            "runs where the method is ahead.", "", "| method | accuracy - LR | ahead in | macro-F1 - LR | ahead in |",
             "|---|---|---|---|---|"]
   lines += [f"| {r['method']} | {tables.format_pm(*r['accuracy'], signed=True)} | {r['accuracy_ahead']} of {r['n']} | "
             f"{tables.format_pm(*r['macro_f1'], signed=True)} | {r['macro_f1_ahead']} of {r['n']} |"
