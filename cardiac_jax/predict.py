@@ -3,8 +3,9 @@
 Everything that labels cells goes through here, so a cell gets the same label wherever it is labelled: eval.py's
 report and results.json, annotate.py, the trust and suite experiments, interpret.py. A label is the most
 probable class after the run's calibration (calibrate.apply), or 'Unassigned' where the run's rule says so
-(unassigned.Rule; by default, for per-cell runs, the score below the threshold that keeps 95% of the validation
-cells assigned). Metrics are elsewhere (metrics.py); training's own validation uses its eval step.
+(unassigned.Rule; by default, for per-cell runs, the score below the threshold of the cell's class that keeps 95%
+of that class's validation cells assigned). Each cell also gets its label set (conformal.py). Metrics are elsewhere
+(metrics.py); training's own validation uses its eval step.
 """
 
 import dataclasses
