@@ -108,17 +108,21 @@ class Sequences:
   def __len__(self):
     return len(self.labels)
 
+  def _at_anchor(self, steps):
+    """[n] the value of per-step array `steps` [n, max_len] at each per-cell sequence's anchor (-1 for type
+    sequences)."""
+    values = np.take_along_axis(steps, np.maximum(self.anchor, 0)[:, None].astype(np.int64), 1)[:, 0]
+    return np.where(self.anchor >= 0, values, -1).astype(steps.dtype)
+
   @property
   def anchor_cells(self):
     """[n] int64 row of each per-cell sequence's labelled cell (-1 for type sequences)."""
-    rows = np.take_along_axis(self.cell_ids, np.maximum(self.anchor, 0)[:, None].astype(np.int64), 1)[:, 0]
-    return np.where(self.anchor >= 0, rows, -1)
+    return self._at_anchor(self.cell_ids)
 
   @property
   def anchor_times(self):
     """[n] int32 time-point index of each per-cell sequence's labelled cell (-1 for type sequences)."""
-    times = np.take_along_axis(self.times, np.maximum(self.anchor, 0)[:, None].astype(np.int64), 1)[:, 0]
-    return np.where(self.anchor >= 0, times, -1).astype(np.int32)
+    return self._at_anchor(self.times)
 
   @property
   def mask(self):

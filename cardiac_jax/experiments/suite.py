@@ -202,10 +202,10 @@ def paired(runs):
       for method in dict.fromkeys(r["method"] for r in models):
         row = dict(setting=setting, method=method, baseline=baseline)
         for metric in ("accuracy", "macro_f1"):
-          diff = np.array([r[metric] - reference[r["seed"]][metric] for r in models if r["method"] == method])
-          mean, sd = tables.mean_sd(diff)
+          diff = [r[metric] - reference[r["seed"]][metric] for r in models if r["method"] == method]
+          mean, sd, wins = tables.differences(diff)
           row.update({"n": len(diff), f"{metric}_difference_mean": mean, f"{metric}_difference_std": sd,
-                      f"{metric}_wins": int((diff > 0).sum())})
+                      f"{metric}_wins": wins})
         rows.append(row)
   return rows
 

@@ -13,6 +13,12 @@ def mean_sd(values):
   return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
+def differences(values):
+  """(mean, sd, how many are above 0) of paired differences over seeds or runs (a method minus its reference)."""
+  values = np.asarray(values, float)
+  return (*mean_sd(values), int((values > 0).sum()))
+
+
 def format_pm(mean, sd, digits=4, signed=False):
   """'mean ± sd', e.g. '0.7951 ± 0.0229' (signed: '+0.0210 ± 0.0048', for differences)."""
   return f"{mean:{'+' if signed else ''}.{digits}f} ± {sd:.{digits}f}"

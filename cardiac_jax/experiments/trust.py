@@ -325,9 +325,8 @@ def _against(rows, reference):
     group = [r for r in rows if r["method"] == method and r["run"] in by_run]
     row = {"method": method, "reference": reference, "n": len(group)}
     for field in ("accuracy", "macro_f1"):
-      differences = [r[field] - by_run[r["run"]][field] for r in group]
-      row[field] = list(tables.mean_sd(differences))
-      row[f"{field}_ahead"] = int(sum(d > 0 for d in differences))
+      mean, sd, ahead = tables.differences([r[field] - by_run[r["run"]][field] for r in group])
+      row.update({field: [mean, sd], f"{field}_ahead": ahead})
     out.append(row)
   return out
 
