@@ -3,9 +3,10 @@ prediction path (predict.py), and written back as an AnnData.
 
 `annotate(bundle, adata)` returns an `AnnotationResult`; its `to_adata()` is an annotated copy of the query with
 obs['cardiac_jax_label'] (categorical; 'Unassigned' where the Unassigned rule says so),
-obs['cardiac_jax_confidence'], obsm['cardiac_jax_probabilities'] [cells, classes] and uns['cardiac_jax'], and
-each cell's label set (conformal.py): obsm['cardiac_jax_label_sets'] [cells, classes] bool and
-obs['cardiac_jax_label_set_size'].
+obs['cardiac_jax_confidence'], obs['cardiac_jax_unassigned_score'] (the score that decides 'Unassigned', lower =
+less like any training type; unassigned.py), obsm['cardiac_jax_probabilities'] [cells, classes] and
+uns['cardiac_jax'], and each cell's label set (conformal.py): obsm['cardiac_jax_label_sets'] [cells, classes] bool
+and obs['cardiac_jax_label_set_size'].
 `annotate_file` does the same from a file to a file, reading an .h5ad's X in row blocks from disk, so a whole
 atlas never has to fit in memory.
 """
@@ -35,6 +36,7 @@ CALIBRATION_CELLS = ("the run's validation cells (donors held out from training;
 LABEL_KEY = "cardiac_jax_label"
 CONFIDENCE_KEY = "cardiac_jax_confidence"
 REASON_KEY = "cardiac_jax_unassigned_reason"
+UNASSIGNED_SCORE_KEY = "cardiac_jax_unassigned_score"
 PROBABILITIES_KEY = "cardiac_jax_probabilities"
 LABEL_SETS_KEY = "cardiac_jax_label_sets"
 LABEL_SET_SIZE_KEY = "cardiac_jax_label_set_size"
@@ -140,6 +142,8 @@ class AnnotationResult:
     obs[LABEL_KEY] = pd.Categorical(self.labels, categories=list(self.info["classes"]) + [unassigned.UNASSIGNED])
     obs[CONFIDENCE_KEY] = self.confidence.astype(np.float32)
     obs[REASON_KEY] = pd.Categorical(self.prediction.reasons, categories=list(predict.REASONS))
+    if self.prediction.rule.score != "none":
+      obs[UNASSIGNED_SCORE_KEY] = self.prediction.unassigned_score.astype(np.float32)
     if self.prediction.label_sets is not None:
       obs[LABEL_SET_SIZE_KEY] = self.prediction.label_sets.sum(1).astype(np.int32)
     return obs
@@ -167,7 +171,9 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
   """The AnnotationResult of an AnnData (in memory or backed) under an unassigned.Rule; `keep`: the result keeps
   the AnnData for to_adata()."""
   query = validate_query(bundle, adata, path, time_key, donor_key)
-  x, report = bundle.preprocessing.transform(adata, normalization=normalization, gene_key=gene_key)
+  score_novelty = bundle.novelty.score_block if bundle.novelty is not None else None
+  x, report = bundle.preprocessing.transform(adata, normalization=normalization, gene_key=gene_key,
+                                             also=score_novelty)
   logging.info("query %s: %s cells, values read as %s, %d of the model's %d genes missing%s", path,
                f"{len(x):,}", report["normalization"], len(report["missing_genes"]), len(bundle.preprocessing.genes),
                f" ({report['missing_genes'][:10]})" if report["missing_genes"] else "")
@@ -179,7 +185,7 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
                     unassigned.UNASSIGNED)
   logits = predict.predict_cell_logits(bundle, x, query.times, query.groups, progress)
   prediction = predict.from_logits(logits, bundle.calibration, bundle.classes, rule, no_label=report["no_counts"],
-                                   alpha=alpha)
+                                   alpha=alpha, novelty=report.get("also"))
   info = {
       "classes": list(bundle.classes),
       "time_points": list(bundle.time_points),
@@ -191,7 +197,8 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
       "cells_without_counts": int(report["no_counts"].sum()),
       "sequence_mode": bundle.sequence_mode,
       "context_donor_column": query.donor_key,
-      "unassigned": dict(dataclasses.asdict(rule), class_thresholds=np.asarray(rule.class_thresholds, np.float64)),
+      "unassigned": dict(rule.record(), threshold=rule.threshold, meaning=unassigned.MEANINGS.get(rule.score, ""),
+                         class_thresholds=np.asarray(rule.class_thresholds, np.float64)),
       "calibration": calibrate.describe(bundle.calibration),
       "workdir": str(bundle.workdir.absolute()),
       "version": importlib.metadata.version("cardiac_jax"),
@@ -205,7 +212,7 @@ def _annotate(bundle, adata, path, *, time_key, donor_key, gene_key, normalizati
 
 
 def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, normalization="auto",
-             unassigned_score=unassigned.DEFAULT_SCORE, threshold=None, keep_known=unassigned.KEEP_KNOWN,
+             unassigned_score=None, threshold=None, keep_known=unassigned.KEEP_KNOWN,
              per_class=None, alpha=conformal.ALPHA, progress=True):
   """Labels every cell of an AnnData; returns an AnnotationResult (`.to_adata()`: the annotated copy).
 
@@ -220,9 +227,9 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
       config's, if present; '' for none.
     gene_key: var column of gene names (default var_names); normalization: 'auto' or what X holds.
     unassigned_score, threshold, keep_known, per_class: a cell is 'Unassigned' when its score
-      (unassigned.SCORES; 'none': never) is below `threshold`, by default the threshold of its class that keeps a
-      share `keep_known` of that class's validation cells assigned (per_class=False: one threshold for all
-      cells; unassigned.rule).
+      (unassigned.SCORES; None: the run's default, 'combined' where it has a novelty score; 'none': never) is
+      below `threshold`, by default the threshold of its class that keeps a share `keep_known` of that class's
+      validation cells assigned (per_class=False: one threshold for all cells; unassigned.rule).
     alpha: the label sets' error rate: each cell's set holds its type with probability 1 - alpha, for every
       class, where the query's cells are exchangeable with the run's validation cells (conformal.py).
   """
@@ -234,7 +241,7 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
 
 
 def annotate_file(run, input_path, output_path, *, time_key=None, donor_key=None, gene_key=None,
-                  normalization="auto", unassigned_score=unassigned.DEFAULT_SCORE, threshold=None,
+                  normalization="auto", unassigned_score=None, threshold=None,
                   keep_known=unassigned.KEEP_KNOWN, per_class=None, alpha=conformal.ALPHA, geo_matrix="counts",
                   progress=True):
   """Annotates an .h5ad file or a GSE175634-layout GEO folder into a new .h5ad at output_path.

@@ -9,12 +9,13 @@ import hashlib
 import json
 import pathlib
 import zipfile
+from typing import Any
 
 import numpy as np
 import scanpy as sc
 from absl import logging
 
-from cardiac_jax import integrity, preprocess, readers, simulate
+from cardiac_jax import integrity, novelty, preprocess, readers, simulate
 from cardiac_jax import split as splitting
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.sequences import (
@@ -33,7 +34,7 @@ from cardiac_jax.sequences import (
 SOURCES = ("simulated", "geo", "h5ad")
 
 # The modules whose code makes a Dataset: a change to any of them makes new prepared-data cache keys.
-_DATA_MODULES = ("dataset", "preprocess", "readers", "sequences", "simulate", "split")
+_DATA_MODULES = ("dataset", "novelty", "preprocess", "readers", "sequences", "simulate", "split")
 
 
 def code_digest():
@@ -61,6 +62,8 @@ class Dataset:
     preprocessing: the preprocess.Preprocessing fitted on the training cells.
     cell_names: [cells] str obs names of those cells; cell_split: [cells] int8 split id (0 train, 1 val, 2 test;
       all 0 for the seed's sequence split, whose cells are shared).
+    novelty: the novelty.Novelty fitted on the training cells' whole transcriptome (data.novelty_genes), or None.
+    cell_novelty: [cells] float32 novelty score of every cell (empty without a novelty model).
   """
 
   train: Sequences
@@ -75,10 +78,16 @@ class Dataset:
   preprocessing: preprocess.Preprocessing
   cell_names: np.ndarray
   cell_split: np.ndarray
+  novelty: Any = None
+  cell_novelty: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.float32))
 
   @property
   def splits(self):
     return {"train": self.train, "val": self.val, "test": self.test}
+
+  def novelty_of(self, sequences):
+    """[n] float32 novelty score of each of a split's sequences' anchor cell, or None without a novelty model."""
+    return None if self.novelty is None else self.cell_novelty[sequences.anchor_cells]
 
 
 def simulated(config):
@@ -200,20 +209,24 @@ def _save(dataset, path):
   meta = {"classes": dataset.encoding.classes, "genes": dataset.genes, "time_points": dataset.time_points,
           "report": dataset.report, "preprocessing": dataset.preprocessing.to_json()}
   path.parent.mkdir(parents=True, exist_ok=True)
+  if dataset.novelty is not None:
+    arrays.update({f"novelty.{name}": value for name, value in dataset.novelty.arrays().items()})
   integrity.write_atomic(path, lambda tmp: np.savez(
       tmp, cell_x=dataset.cell_x, cell_labels=dataset.cell_labels, cell_names=dataset.cell_names,
-      cell_split=dataset.cell_split, meta=np.array(json.dumps(meta)), **arrays))
+      cell_split=dataset.cell_split, cell_novelty=dataset.cell_novelty, meta=np.array(json.dumps(meta)), **arrays))
 
 
 def _load_saved(path):
   with np.load(path) as saved:
     meta = json.loads(str(saved["meta"]))
     splits = [Sequences(*(saved[f"{split}.{field}"] for field in _SEQUENCE_FIELDS)) for split in splitting.SPLITS]
+    fitted = {name[len("novelty."):]: saved[name] for name in saved.files if name.startswith("novelty.")}
     return Dataset(
         *splits, encoding=LabelEncoding(tuple(meta["classes"])), genes=tuple(meta["genes"]),
         time_points=tuple(meta["time_points"]), report=meta["report"], cell_x=saved["cell_x"],
         cell_labels=saved["cell_labels"], preprocessing=preprocess.Preprocessing.from_json(meta["preprocessing"]),
         cell_names=saved["cell_names"], cell_split=saved["cell_split"],
+        novelty=novelty.Novelty.from_arrays(fitted) if fitted else None, cell_novelty=saved["cell_novelty"],
     )
 
 
@@ -285,6 +298,11 @@ def _prepare(config):
   )
   genes, kind = fitted.genes, fitted.kind
   logging.info(f"preprocessed ({kind}): {adata.n_obs:,} cells, {len(genes)} genes chosen on {len(train_cells):,} training cells")
+  novel, cell_novelty = None, np.zeros(0, np.float32)
+  if data.novelty_genes:
+    novel = novelty.fit(adata.X, adata.var_names, train_cells, kind, data.target_sum, config.seed, data.novelty_genes)
+    cell_novelty = novelty.score_matrix(novel, adata.X, adata.var_names, kind)
+    logging.info(f"novelty score: {len(novel.genes):,} genes, {len(novel.reference):,} reference cells")
   rng = np.random.default_rng([config.seed, 2])
   journey = _Journey(config, x, labels, times, donors, cell_split, fitted, classes, len(time_points), rng, path)
   parts = SEQUENCE_MODES[data.sequence_mode](journey)
@@ -318,6 +336,7 @@ def _prepare(config):
   return Dataset(
       *parts, encoding=encoding, genes=genes, time_points=time_points, report=report, cell_x=x, cell_labels=labels,
       preprocessing=fitted, cell_names=adata.obs_names.to_numpy().astype(str), cell_split=cell_split,
+      novelty=novel, cell_novelty=cell_novelty,
   )
 
 

@@ -411,7 +411,7 @@ MODELS = {'enhanced_rnn': EnhancedCardiacRNN}
 # the inputs, calibration choice and training cells there were).
 EARLIER_DEFAULTS = {'model_name': 'enhanced_rnn',
                     'model': {'layer_norm_eps': 1e-6, 'attention_dropout_per_sequence': False, 'linear_path': False},
-                    'data': {'input_scaling': 'sequence', 'time_channels': False},
+                    'data': {'input_scaling': 'sequence', 'time_channels': False, 'novelty_genes': 0},
                     'train': {'calibration_method': 'auto', 'linear_start': False, 'early_stopping_metric': 'accuracy'},
                     'split': {'max_train_cells': 0}}
 

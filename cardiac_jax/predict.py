@@ -3,8 +3,9 @@
 Everything that labels cells goes through here, so a cell gets the same label wherever it is labelled: eval.py's
 report and results.json, annotate.py, the trust and suite experiments, interpret.py. A label is the most
 probable class after the run's calibration (calibrate.apply), or 'Unassigned' where the run's rule says so
-(unassigned.Rule; by default, for per-cell runs, the score below the threshold of the cell's class that keeps 95%
-of that class's validation cells assigned). Each cell also gets its label set (conformal.py). Metrics are elsewhere
+(unassigned.py: by default, for per-cell runs, the score below the threshold of the cell's class that keeps 95%
+of that class's validation cells assigned; the default score reads each cell's whole-transcriptome novelty score
+too, novelty.py, where the run has one). Each cell also gets its label set (conformal.py). Metrics are elsewhere
 (metrics.py); training's own validation uses its eval step.
 """
 
@@ -81,6 +82,8 @@ class Prediction:
     label_sets: [n, classes] bool label set of each cell for error rate `alpha` (conformal.py; empty for a cell
       without counts), or None for a run without validation nonconformities (an earlier version's).
     alpha: the error rate the label sets are built for.
+    unassigned_score: [n] float64 the rule's score of each cell (unassigned.Rule.values; NaN under no rule).
+    novelty: [n] float32 each cell's novelty score (novelty.py), or None where none was given.
   """
 
   logits: np.ndarray
@@ -93,6 +96,8 @@ class Prediction:
   reason_ids: np.ndarray
   label_sets: Any = None
   alpha: float = conformal.ALPHA
+  unassigned_score: Any = None
+  novelty: Any = None
 
   @property
   def labels(self):
@@ -110,15 +115,18 @@ class Prediction:
     return np.asarray(REASONS, dtype=object)[self.reason_ids]
 
 
-def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE, no_label=None, alpha=conformal.ALPHA):
+def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE, no_label=None, alpha=conformal.ALPHA,
+                novelty=None):
   """The Prediction of logits [n, classes] under a calibration record, an Unassigned rule and the label sets'
-  error rate alpha; cells where `no_label` [n] bool is set (no counts) are Unassigned whatever their score."""
+  error rate alpha; `novelty` [n]: the cells' novelty scores (for the rules that read them); cells where
+  `no_label` [n] bool is set (no counts) are Unassigned whatever their score."""
   calibrated = calibrate.apply(calibration, logits)
   exact = calibrate.softmax(calibrated)  # float64, as the validation nonconformities were computed
   probabilities = exact.astype(np.float32)
   top = probabilities.argmax(1) if len(probabilities) else np.zeros(0, np.int64)
   confidence = probabilities.max(1) if len(probabilities) else np.zeros(0, np.float32)
-  reason_ids = np.where(rule.unassigned(calibrated), REASONS.index("score below threshold"), 0)
+  values = rule.values(calibrated, novelty)
+  reason_ids = np.where(rule.unassigned(calibrated, novelty), REASONS.index("score below threshold"), 0)
   if no_label is not None:
     reason_ids = np.where(no_label, REASONS.index("no counts"), reason_ids)
   label_ids = np.where(reason_ids > 0, -1, top)
@@ -128,13 +136,16 @@ def from_logits(logits, calibration, classes, rule=unassigned.NO_RULE, no_label=
     if no_label is not None:
       sets &= ~np.asarray(no_label, bool)[:, None]
   return Prediction(np.asarray(logits, np.float32), probabilities, label_ids, top, confidence, tuple(classes), rule,
-                    reason_ids, sets, alpha)
+                    reason_ids, sets, alpha, values, novelty)
 
 
-def predict(bundle, sequences, rule=None):
-  """The Prediction of a bundle for Sequences (default rule: `default_rule(bundle)`)."""
+def predict(bundle, sequences, rule=None, novelty=None):
+  """The Prediction of a bundle for Sequences (default rule: `default_rule(bundle)`); `novelty` [n]: the novelty
+  scores of the sequences' anchor cells, for runs with a novelty score (workdir.load_test_novelty for the test
+  split)."""
   logits = predict_logits(bundle, sequences)
-  return from_logits(logits, bundle.calibration, bundle.classes, default_rule(bundle) if rule is None else rule)
+  return from_logits(logits, bundle.calibration, bundle.classes, default_rule(bundle) if rule is None else rule,
+                     novelty=novelty)
 
 
 def check_can_annotate(bundle):

@@ -200,6 +200,26 @@ def log_columns(x, columns, kind, target_sum, dense=True):
   return part.toarray() if dense else part
 
 
+def gene_columns(genes, names):
+  """[len(genes)] int64 position of each of `genes` among a matrix's gene `names` (-1 where absent; a duplicated
+  name: its first column, as scanpy's var_names_make_unique keeps)."""
+  index = {}
+  for i, name in enumerate(np.asarray(names).astype(str)):
+    index.setdefault(name, i)
+  return np.array([index.get(g, -1) for g in genes], np.int64)
+
+
+def log_columns_or_mean(x, columns, kind, target_sum, mean):
+  """`[cells, len(columns)]` float32 log expression (log_columns) of CSR `x`'s `columns`, where a column of -1 (a
+  gene the data lack) is filled with that gene's training `mean` [len(columns)]."""
+  columns = np.asarray(columns)
+  present = columns >= 0
+  out = np.empty((x.shape[0], len(columns)), np.float32)
+  out[:, present] = log_columns(x, columns[present], kind, target_sum)
+  out[:, ~present] = np.asarray(mean)[~present]
+  return out
+
+
 def log_normalized_columns(x, columns, target_sum):
   """`[cells, len(columns)]` float32: `columns` of CSR counts `x` as normalize_total + log1p would give them."""
   return log_columns(x, columns, "counts", target_sum)
@@ -390,17 +410,14 @@ class Preprocessing:
 
   def embed(self, x):
     """[cells, N_COMPONENTS] float32 coordinates of log expression x [cells, genes] in the context space."""
-    return (np.clip((x - self.mean) / self.scale, -10, 10) @ self.components.T).astype(np.float32)
+    return project(x, self.mean, self.scale, self.components)
 
   def match_genes(self, names, path, max_missing=MAX_MISSING_GENES):
     """Positions of the model's genes among a query's gene `names` (-1 where absent), and the absent genes.
 
     Raises DataError naming `path` if more than `max_missing` of the model's genes are absent.
     """
-    index = {}
-    for i, name in enumerate(np.asarray(names).astype(str)):
-      index.setdefault(name, i)  # a duplicated name: its first column, as scanpy's var_names_make_unique keeps
-    columns = np.array([index.get(g, -1) for g in self.genes], np.int64)
+    columns = gene_columns(self.genes, names)
     missing = [g for g, c in zip(self.genes, columns) if c < 0]
     if len(missing) > max_missing * len(self.genes):
       raise DataError(
@@ -413,16 +430,10 @@ class Preprocessing:
 
     `columns` are the model's genes' positions in the query (-1 where absent: the training mean is used).
     """
-    present = columns >= 0
-    out = []
-    for block in blocks:
-      x = np.empty((block.shape[0], len(self.genes)), np.float32)
-      x[:, present] = log_columns(block, columns[present], kind, self.target_sum)
-      x[:, ~present] = self.mean[~present]
-      out.append(x)
+    out = [log_columns_or_mean(block, columns, kind, self.target_sum, self.mean) for block in blocks]
     return np.concatenate(out) if out else np.zeros((0, len(self.genes)), np.float32)
 
-  def transform(self, adata, *, normalization="auto", gene_key=None):
+  def transform(self, adata, *, normalization="auto", gene_key=None, also=None):
     """The model's input for any AnnData: [cells, genes] float32 log expression, and a report.
 
     X is cleaned as training's quality control cleans it: non-finite values are set to 0 and counted, negative
@@ -432,10 +443,13 @@ class Preprocessing:
       adata: AnnData [cells, genes] (in memory or backed); X raw counts, FPKM/TPM-like or log values.
       normalization: 'auto' (detect from X) or the kind X holds (NORMALIZATIONS).
       gene_key: a var column holding gene names, or None for var_names.
+      also: None, or a function (CSR row block of X [rows, query genes], the query's gene names, the kind of its
+        values) -> [rows] array, applied to each block in the same pass (e.g. novelty.Novelty.score_block).
 
     Returns:
       (x, report): report has 'normalization' (the kind used), 'missing_genes' (model genes the data lack),
-      'nonfinite_values_set_to_zero' and 'no_counts' ([cells] bool: cells whose X row has nothing above 0).
+      'nonfinite_values_set_to_zero', 'no_counts' ([cells] bool: cells whose X row has nothing above 0) and,
+      with `also`, 'also' ([cells] its values).
     """
     path, matrix = source_path(adata), matrix_path(adata)
     names = _gene_names(adata, gene_key, path)
@@ -443,24 +457,29 @@ class Preprocessing:
 
     def cleaned(lo):
       """(CSR row block of X from row lo, its non-finite values set to 0 in a copy, how many there were)."""
-      block = _csr(adata.X[lo : lo + TRANSFORM_BLOCK]).copy()  # the caller's X is never changed
+      block = as_csr(adata.X[lo : lo + TRANSFORM_BLOCK]).copy()  # the caller's X is never changed
       nonfinite = zero_nonfinite(block)
       check_not_negative(block, matrix)
       return block, nonfinite
 
     kind = check_kind(cleaned(0)[0], normalization, matrix) if adata.n_obs else "counts"
-    nonfinite, no_counts = [], []
+    nonfinite, no_counts, extra = [], [], []
 
     def blocks():
       for lo in range(0, adata.n_obs, TRANSFORM_BLOCK):
         block, count = cleaned(lo)
         nonfinite.append(count)
         no_counts.append(np.asarray(block.sum(axis=1)).ravel() <= 0)
+        if also is not None:
+          extra.append(also(block, names, kind))
         yield block
 
     x = self.transform_blocks(blocks(), columns, kind)
-    return x, {"normalization": kind, "missing_genes": missing, "nonfinite_values_set_to_zero": sum(nonfinite),
-               "no_counts": np.concatenate(no_counts) if no_counts else np.zeros(0, bool)}
+    report = {"normalization": kind, "missing_genes": missing, "nonfinite_values_set_to_zero": sum(nonfinite),
+              "no_counts": np.concatenate(no_counts) if no_counts else np.zeros(0, bool)}
+    if also is not None:
+      report["also"] = np.concatenate(extra) if extra else np.zeros(0, np.float32)
+    return x, report
 
   def to_json(self):
     fields = dataclasses.asdict(self)
@@ -487,7 +506,7 @@ def first_of_each_name(names, path):
   return first
 
 
-def _csr(x):
+def as_csr(x):
   return x.tocsr() if sp.issparse(x) else sp.csr_matrix(np.asarray(x))
 
 
@@ -521,11 +540,25 @@ def fit(adata, train_cells, *, n_genes, normalization="auto", hvg_flavor="seurat
   train_x = x[np.asarray(train_cells)]
   if len(train_x) > PCA_MAX_CELLS:
     train_x = train_x[np.sort(np.random.default_rng([seed, 4]).choice(len(train_x), PCA_MAX_CELLS, replace=False))]
-  mean = train_x.mean(0, dtype=np.float64).astype(np.float32)
-  scale = train_x.std(0, dtype=np.float64).astype(np.float32)
+  mean, scale, axes = principal_axes(train_x, N_COMPONENTS)
+  return Preprocessing(genes, kind, float(target_sum), mean, scale, axes), x
+
+
+def project(log_x, mean, scale, axes):
+  """[cells, axes] float32 coordinates of log expression [cells, genes] standardised by `mean` and `scale` (clipped at
+  +-10) on principal `axes` [axes, genes] (principal_axes)."""
+  return (np.clip((log_x - mean) / scale, -10, 10) @ axes.T).astype(np.float32)
+
+
+def principal_axes(log_x, n_components):
+  """(mean, scale, axes) of log expression [cells, genes]: each gene's float32 mean and standard deviation (1 for a
+  constant gene), and the float32 [n_components, genes] principal axes of the standardised values (clipped at
+  +-10), each axis with a fixed sign (its largest entry positive)."""
+  mean = log_x.mean(0, dtype=np.float64).astype(np.float32)
+  scale = log_x.std(0, dtype=np.float64).astype(np.float32)
   scale[scale == 0] = 1
-  standardised = np.clip((train_x - mean) / scale, -10, 10).astype(np.float64)
+  standardised = np.clip((log_x - mean) / scale, -10, 10).astype(np.float64)
   _, _, axes = np.linalg.svd(standardised - standardised.mean(0), full_matrices=False)
-  axes = axes[: min(N_COMPONENTS, len(genes))]
-  axes *= np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]  # a fixed sign per axis
-  return Preprocessing(genes, kind, float(target_sum), mean, scale, axes.astype(np.float32)), x
+  axes = axes[: min(n_components, log_x.shape[1], len(log_x))]
+  axes *= np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]
+  return mean, scale, axes.astype(np.float32)

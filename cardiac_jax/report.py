@@ -84,7 +84,7 @@ def test_report(bundle):
     'raw_logit_accuracy' (the argmax of the raw logits: the seed's metric)).
   """
   test, _ = rundir.load_test_sequences(bundle.workdir)
-  prediction = predict.predict(bundle, test)
+  prediction = predict.predict(bundle, test, novelty=rundir.load_test_novelty(bundle.workdir))
   report = metrics_lib.classification_report(test.labels, prediction.label_ids, bundle.classes)
   top = metrics_lib.classification_report(test.labels, prediction.top_class, bundle.classes)
   report.update(top_class_accuracy=top["accuracy"], top_class_macro_f1=top["macro_f1"],

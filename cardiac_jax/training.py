@@ -424,16 +424,17 @@ def _final_metrics(loop, workdir, state):
     integrity.check_finite_logits(logits[name], f"{rundir.best_checkpoint(workdir)} on the {name} split")
     results[f"{name}_accuracy"] = split_metrics["accuracy"]
     results[f"{name}_loss"] = split_metrics["loss"]
-  calibration = unassigned.fitted_calibration(logits["val"], data.val.labels, loop.config.train.calibration_method)
+  calibration = unassigned.fitted_calibration(logits["val"], data.val.labels, loop.config.train.calibration_method,
+                                              data.novelty_of(data.val))
   loop.writer.calibration(calibration)
   parallel.barrier(f"calibrated {workdir}")
   bundle = rundir.load(workdir)
   # The validation donors' macro-F1 of every cell's most probable class: what a choice between runs is made on
   # (the test split is scored once).
-  validation = predict.predict(bundle, data.val)
+  validation = predict.predict(bundle, data.val, novelty=data.novelty_of(data.val))
   results["val_top_class_macro_f1"] = metrics_lib.classification_report(
       data.val.labels, validation.top_class, data.encoding.classes)["macro_f1"]
-  prediction = predict.predict(bundle, data.test)
+  prediction = predict.predict(bundle, data.test, novelty=data.novelty_of(data.test))
   report = metrics_lib.classification_report(data.test.labels, prediction.label_ids, data.encoding.classes)
   results["test_raw_logit_accuracy"] = results.pop("test_accuracy")
   results["test_accuracy"] = report["accuracy"]

@@ -1,15 +1,25 @@
-"""When a cell is 'Unassigned': scores of how much a cell looks like the training types, and the rule that
+"""When a cell is 'Unassigned': scores of how much a cell looks like the training types, and the one rule that
 leaves the unlike ones without a label.
 
-`SCORES` are per-cell numbers of the calibrated logits (calibrate.apply), higher for cells like the training
-types: 'probability', the top probability; 'energy', the logsumexp of the calibrated logits (the negative free
-energy, Liu et al. 2020), which keeps the logits' scale that the softmax throws away. A run keeps the quantiles
-of each score on its validation cells (held-out donors, all of known types) with its calibration, so that a
-threshold can be chosen that keeps a stated share of known cells assigned (`threshold`).
+The rule, in one paragraph: a cell is 'Unassigned' when its score is below the threshold of its most probable
+type, the threshold chosen so that a share KEEP_KNOWN (95%) of that type's validation cells (held-out donors,
+all of known types) stay assigned (Mondrian: one threshold per type, so a rare type whose scores run low is not
+left out whole). The default score, 'combined', is the lower of two validation quantiles of the cell, both among
+the validation cells of its most probable type: that of its energy (the classifier's view, on the model's genes)
+and that of its novelty score (novelty.py: the whole transcriptome's view, which sees programmes outside the
+model's genes). It lies in [0, 1]: 0.03 says that on one of the two views, 97% of that type's validation cells
+look more like the training cells than this one. A cell's label set (conformal.py) is a separate statement,
+the types it may be with a stated coverage; it is empty where no type's validation cells explain the cell.
+
+`SCORES` are per-cell numbers, higher for cells like the training types: 'probability', the top probability of
+the calibrated logits (calibrate.apply); 'energy', their logsumexp (the negative free energy, Liu et al. 2020),
+which keeps the logits' scale that the softmax throws away; 'novelty', the novelty score; 'combined', as above.
+A run keeps the quantiles of each score on its validation cells with its calibration.
 """
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 
@@ -17,57 +27,118 @@ from cardiac_jax import calibrate, conformal
 from cardiac_jax.errors import ConfigError
 
 UNASSIGNED = "Unassigned"
-SCORES = {
+# The scores of the calibrated logits alone.
+LOGIT_SCORES = {
     "probability": lambda calibrated: calibrate.softmax(calibrated).max(-1),
     "energy": calibrate.logsumexp,
 }
+NOVELTY, COMBINED = "novelty", "combined"
+SCORES = tuple(LOGIT_SCORES) + (NOVELTY, COMBINED)
+# What each score is, in words (annotate's uns).
+MEANINGS = {
+    "probability": "the top calibrated probability",
+    "energy": "logsumexp of the calibrated logits; lower = less like any training type",
+    NOVELTY: "minus the mean distance to the nearest training cells in a PCA of the whole transcriptome's most "
+             "variable genes; lower = less like any training cell",
+    COMBINED: "the lower of two shares of the validation cells of the cell's most probable type: those with a lower "
+              "energy (the classifier's view) and those with a lower novelty score (the whole transcriptome's); "
+              "0-1, lower = less like any training type",
+}
 # The validation quantiles of every score kept beside the calibration: 0%, 0.5%, ..., 100%.
 QUANTILES = np.linspace(0.0, 1.0, 201)
-# The score that decides 'Unassigned' unless told otherwise: the one that separated cells of types left out of
-# training from known ones better in the trust experiment's leave-one-type-out runs (docs/trust.md).
-DEFAULT_SCORE = "energy"
+# The score that decides 'Unassigned' unless told otherwise: 'combined' for runs with a novelty score; 'energy',
+# for runs without one, separated types left out of training from known ones best of the classifier's scores in
+# the trust experiment's leave-one-type-out runs (docs/trust.md).
+DEFAULT_SCORE = COMBINED
+LOGITS_ONLY_DEFAULT = "energy"
 # The share of known cells (validation) kept assigned by default.
 KEEP_KNOWN = 0.95
 # The rule's score names: a score, or 'none' (every cell gets its most probable class).
-RULE_SCORES = ("none",) + tuple(SCORES)
+RULE_SCORES = ("none",) + SCORES
 # A class's own threshold (Mondrian: one per class) needs at least this many validation cells of that class; a
 # class with fewer takes the threshold of all validation cells.
 MIN_CLASS_CELLS = 20
 
 
-def score(name, calibrated):
-  """[n] float64 score `name` (one of SCORES) of each row of calibrated logits [n, classes]."""
-  if name not in SCORES:
-    raise ConfigError(f"unknown unassigned score {name!r}; known: {list(SCORES)}")
-  return np.asarray(SCORES[name](np.asarray(calibrated, np.float64)), np.float64)
+def _quantile_of(values, quantiles):
+  """[n] the share of validation cells below each of `values` [n], read off their stored QUANTILES."""
+  return np.interp(values, np.asarray(quantiles), QUANTILES)
 
 
-def validation_quantiles(calibrated):
-  """{score name: the QUANTILES of that score} over validation cells' calibrated logits [n, classes]."""
-  return {name: np.quantile(score(name, calibrated), QUANTILES).tolist() for name in SCORES}
-
-
-def validation_quantiles_by_class(calibrated, labels):
-  """{score name: per class, the QUANTILES of the score over the validation cells of that class (None for a class
-  with fewer than MIN_CLASS_CELLS of them)} of validation cells' calibrated logits [n, classes] and labels [n]."""
-  labels = np.asarray(labels)
-  out = {}
-  for name in SCORES:
-    values = score(name, calibrated)
-    out[name] = [np.quantile(values[labels == c], QUANTILES).tolist() if (labels == c).sum() >= MIN_CLASS_CELLS
-                 else None for c in range(np.shape(calibrated)[1])]
+def combined(calibrated, novelty, record):
+  """[n] 'combined' score: per cell, the lower of the validation quantiles (among the validation cells of its most
+  probable class, or all validation cells for a class with too few) of its energy and of its novelty score."""
+  calibrated = np.asarray(calibrated, np.float64)
+  top = calibrated.argmax(1) if len(calibrated) else np.zeros(0, int)
+  out = np.zeros(len(calibrated))
+  parts = {"energy": calibrate.logsumexp(calibrated), NOVELTY: np.asarray(novelty, np.float64)}
+  for c in np.unique(top):
+    cells = top == c
+    shares = []
+    for name, values in parts.items():
+      by_class = record["val_score_quantiles_by_class"][name][c]
+      shares.append(_quantile_of(values[cells], record["val_score_quantiles"][name] if by_class is None else by_class))
+    out[cells] = np.minimum(*shares)
   return out
 
 
-def fitted_calibration(val_logits, val_labels, method="auto"):
+def score(name, calibrated, novelty=None, record=None):
+  """[n] float64 score `name` (one of SCORES) of each cell: of its calibrated logits [n, classes], its novelty
+  score [n] ('novelty', 'combined') and the run's calibration record ('combined': the validation quantiles)."""
+  if name not in SCORES:
+    raise ConfigError(f"unknown unassigned score {name!r}; known: {list(SCORES)}")
+  if name in LOGIT_SCORES:
+    return np.asarray(LOGIT_SCORES[name](np.asarray(calibrated, np.float64)), np.float64)
+  if novelty is None:
+    raise ConfigError(f"the unassigned score {name!r} reads each cell's novelty score, and none was given (a run "
+                      f"trained without data.novelty_genes has none: use {LOGITS_ONLY_DEFAULT!r})")
+  if name == NOVELTY:
+    return np.asarray(novelty, np.float64)
+  return combined(calibrated, novelty, record)
+
+
+def _scores_on(calibrated, novelty):
+  """The names of the scores a run's validation cells have: the logits' alone, or all with novelty scores."""
+  return SCORES if novelty is not None else tuple(LOGIT_SCORES)
+
+
+def validation_quantiles(calibrated, novelty=None, record=None):
+  """{score name: the QUANTILES of that score} over validation cells' calibrated logits [n, classes] (and their
+  novelty scores [n], and the record with the per-class quantiles 'combined' reads)."""
+  return {name: np.quantile(score(name, calibrated, novelty, record), QUANTILES).tolist()
+          for name in _scores_on(calibrated, novelty)}
+
+
+def _class_quantiles(values, labels, n_classes):
+  """Per class, the QUANTILES of `values` [n] over the cells of that class (None with fewer than MIN_CLASS_CELLS)."""
+  return [np.quantile(values[labels == c], QUANTILES).tolist() if (labels == c).sum() >= MIN_CLASS_CELLS else None
+          for c in range(n_classes)]
+
+
+def validation_quantiles_by_class(calibrated, labels, novelty=None, record=None):
+  """{score name: per class, the QUANTILES of the score over the validation cells of that class (None for a class
+  with fewer than MIN_CLASS_CELLS of them)} of validation cells' calibrated logits [n, classes] and labels [n]."""
+  return {name: _class_quantiles(score(name, calibrated, novelty, record), np.asarray(labels), np.shape(calibrated)[1])
+          for name in _scores_on(calibrated, novelty)}
+
+
+def fitted_calibration(val_logits, val_labels, method="auto", val_novelty=None):
   """A run's calibration record: calibrate.fit (`method`: a name in calibrate.CHOICES) on the validation logits
-  [n, classes] and labels [n], with the validation quantiles of every score under the chosen map, over all
-  validation cells ('val_score_quantiles') and per class ('val_score_quantiles_by_class'), and each validation
-  cell's nonconformity by class for label sets ('val_nonconformity_by_class', conformal.py)."""
+  [n, classes] and labels [n], with the validation quantiles of every score under the chosen map (and of the
+  novelty scores [n] `val_novelty`, if the run has them), over all validation cells ('val_score_quantiles') and
+  per class ('val_score_quantiles_by_class'), and each validation cell's nonconformity by class for label sets
+  ('val_nonconformity_by_class', conformal.py)."""
   record = calibrate.fit(val_logits, val_labels, method)
   calibrated = calibrate.apply(record, val_logits)
   record["val_score_quantiles"] = validation_quantiles(calibrated)
   record["val_score_quantiles_by_class"] = validation_quantiles_by_class(calibrated, val_labels)
+  if val_novelty is not None:  # 'combined' reads the energy's and the novelty's quantiles, so these come first
+    values = np.asarray(val_novelty, np.float64)
+    record["val_score_quantiles"][NOVELTY] = np.quantile(values, QUANTILES).tolist()
+    record["val_score_quantiles_by_class"][NOVELTY] = _class_quantiles(values, np.asarray(val_labels),
+                                                                       np.shape(val_logits)[1])
+    record["val_score_quantiles"] = validation_quantiles(calibrated, values, record)
+    record["val_score_quantiles_by_class"] = validation_quantiles_by_class(calibrated, val_labels, values, record)
   record["val_nonconformity_by_class"] = conformal.calibration_scores(
       calibrate.softmax(calibrated), val_labels, np.shape(val_logits)[1])
   return record
@@ -92,7 +163,7 @@ def class_thresholds(record, name, keep=KEEP_KNOWN):
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-  """A cell is 'Unassigned' when its score (SCORES, of its calibrated logits) is below threshold.
+  """A cell is 'Unassigned' when its score (SCORES) is below threshold.
 
   Attributes:
     score: a name in SCORES, or 'none' (every cell gets its most probable class).
@@ -100,21 +171,30 @@ class Rule:
     chosen_by: how the threshold was chosen, in words (for the output's uns and the log).
     class_thresholds: per class, the threshold for cells whose most probable class it is (chosen on that class's
       validation cells: Mondrian), or () for `threshold` for every cell.
+    calibration: the run's calibration record ('combined' reads its validation quantiles).
   """
 
   score: str
   threshold: float
   chosen_by: str
   class_thresholds: tuple = ()
+  calibration: Any = dataclasses.field(default=None, repr=False, compare=False)
 
-  def unassigned(self, calibrated):
-    """[cells] bool: the cells this rule leaves unassigned, from their calibrated logits [cells, classes]."""
+  def values(self, calibrated, novelty=None):
+    """[cells] float64 the rule's score of each cell (calibrated logits [cells, classes], novelty scores [cells]);
+    NaN under NO_RULE."""
+    if self.score == "none":
+      return np.full(len(calibrated), np.nan)
+    return score(self.score, calibrated, novelty, self.calibration)
+
+  def unassigned(self, calibrated, novelty=None):
+    """[cells] bool: the cells this rule leaves unassigned, from their calibrated logits [cells, classes] (and
+    novelty scores [cells], for the scores that read them)."""
     if self.score == "none":
       return np.zeros(len(calibrated), bool)
-    if self.class_thresholds:
-      limits = np.asarray(self.class_thresholds)[np.asarray(calibrated).argmax(1)]
-      return score(self.score, calibrated) < limits
-    return score(self.score, calibrated) < self.threshold
+    limits = (np.asarray(self.class_thresholds)[np.asarray(calibrated).argmax(1)] if self.class_thresholds
+              else self.threshold)
+    return self.values(calibrated, novelty) < limits
 
   def record(self):
     """JSON-ready: the score, the threshold (None where there is none) and how it was chosen."""
@@ -125,20 +205,30 @@ class Rule:
 NO_RULE = Rule("none", float("-inf"), "no cell is left unassigned")
 
 
-def rule(calibration, score_name=DEFAULT_SCORE, threshold_value=None, keep_known=KEEP_KNOWN, where="<run>",
-         per_class=None):
+def default_score(calibration):
+  """The score a run's rule uses unless told otherwise: DEFAULT_SCORE where the run has novelty scores, else
+  LOGITS_ONLY_DEFAULT."""
+  return DEFAULT_SCORE if COMBINED in (calibration or {}).get("val_score_quantiles", {}) else LOGITS_ONLY_DEFAULT
+
+
+def rule(calibration, score_name=None, threshold_value=None, keep_known=KEEP_KNOWN, where="<run>", per_class=None):
   """The Rule for a run's calibration record: `threshold_value` as given, or else thresholds that keep a share
   `keep_known` of the run's validation cells assigned: with `per_class` (the default, None: where the record has
   per-class quantiles) one per class, chosen on that class's validation cells (Mondrian), so that a rare class
-  whose scores run low is not left out whole; else one for all cells. `where` names the run in errors."""
+  whose scores run low is not left out whole; else one for all cells. `score_name` None: `default_score`.
+  `where` names the run in errors."""
+  score_name = default_score(calibration) if score_name is None else score_name
   if score_name not in RULE_SCORES:
     raise ConfigError(f"unknown unassigned score {score_name!r}; known: {list(RULE_SCORES)}")
   if score_name == "none":
     return NO_RULE
+  if score_name in (NOVELTY, COMBINED) and score_name not in (calibration or {}).get("val_score_quantiles", {}):
+    raise ConfigError(f"{where}: the unassigned score {score_name!r} needs a run with a novelty score (trained "
+                      f"with data.novelty_genes); use {LOGITS_ONLY_DEFAULT!r}")
   if threshold_value is not None:
     if not math.isfinite(threshold_value):
       raise ConfigError(f"the Unassigned threshold must be a finite number, got {threshold_value}")
-    return Rule(score_name, float(threshold_value), "given")
+    return Rule(score_name, float(threshold_value), "given", calibration=calibration)
   if not 0 < keep_known <= 1:
     raise ConfigError(f"keep_known must lie in (0, 1], got {keep_known}")
   if not calibration or "val_score_quantiles" not in calibration:
@@ -151,6 +241,6 @@ def rule(calibration, score_name=DEFAULT_SCORE, threshold_value=None, keep_known
       raise ConfigError(f"{where}: has no validation scores per class (a run of an earlier version)")
     return Rule(score_name, threshold(calibration, score_name, keep_known),
                 f"keeps {keep_known:.0%} of each class's validation cells (known types) assigned",
-                class_thresholds(calibration, score_name, keep_known))
+                class_thresholds(calibration, score_name, keep_known), calibration)
   return Rule(score_name, threshold(calibration, score_name, keep_known),
-              f"keeps {keep_known:.0%} of the validation cells (known types) assigned")
+              f"keeps {keep_known:.0%} of the validation cells (known types) assigned", calibration=calibration)

@@ -7,6 +7,7 @@ A workdir holds everything a run writes:
   preprocessing.json  the preprocessing fitted on the training cells (preprocess.Preprocessing)
   test_sequences.npz  the test split's sequences and the names of their cells, for eval.py
   calibration.json    the calibration fitted on the validation split (calibrate.fit)
+  novelty.npz         the whole-transcriptome novelty score fitted on the training cells (novelty.py), if any
   metrics.jsonl       one line per epoch
   checkpoints/        Orbax: best/ (parameters of the best validation accuracy) and latest/ (the full state),
                       each with the sha256 of its files beside it
@@ -23,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import pathlib
+import zipfile
 from typing import Any, Callable
 
 import jax
@@ -31,7 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pandas as pd
 
-from cardiac_jax import calibrate, dataset, integrity, parallel, preprocess
+from cardiac_jax import calibrate, dataset, integrity, novelty, parallel, preprocess
 from cardiac_jax.configs import default as default_config
 from cardiac_jax.errors import ConfigError, DataError
 from cardiac_jax.model import EARLIER_DEFAULTS, create_model
@@ -44,6 +46,7 @@ DATA = "data.json"
 PREPROCESSING = "preprocessing.json"
 TEST_SEQUENCES = "test_sequences.npz"
 CALIBRATION = "calibration.json"
+NOVELTY = "novelty.npz"
 METRICS = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
 RESULTS = "results.json"
@@ -112,6 +115,13 @@ def load_test_sequences(workdir, times=False):
     fields["times"] = (_times_of_cells(load_config(workdir), record, names) if times
                        else np.full(names.shape, -1, np.int32))
   return Sequences(**fields), names
+
+
+def load_test_novelty(workdir):
+  """[n] float32 novelty score of each test sequence's anchor cell (novelty.py), as training saved them, or None
+  for a run without a novelty score. Call after load_test_sequences (which checks the file's digest)."""
+  with np.load(pathlib.Path(workdir) / TEST_SEQUENCES) as saved:
+    return saved["novelty"] if "novelty" in saved.files else None
 
 
 def _times_of_cells(config, record, names):
@@ -284,6 +294,9 @@ class Writer:
     test = data.test
     fields = {f.name: getattr(test, f.name) for f in dataclasses.fields(test)}
     names = np.where(test.cell_ids >= 0, data.cell_names[np.maximum(test.cell_ids, 0)], "")
+    if data.novelty is not None:
+      fields["novelty"] = data.cell_novelty[test.anchor_cells]
+      self._write(NOVELTY, lambda tmp: np.savez(tmp, **data.novelty.arrays()))
     self._write(TEST_SEQUENCES, lambda tmp: np.savez(tmp, cell_names=names.astype(str), **fields))
     digest = integrity.file_digest(self.workdir / TEST_SEQUENCES) if parallel.is_main_process() else None
     self._write(CONFIG, default_config.to_json(config))
@@ -359,6 +372,7 @@ class Bundle:
     record: data.json of the run (batch size, input features, split counts, ...).
     checkpoint: the best checkpoint's metadata (epoch, validation accuracy).
     calibration: calibration.json of the run (calibrate.fit's record), or None.
+    novelty: the run's novelty.Novelty, or None.
   """
 
   workdir: pathlib.Path
@@ -371,6 +385,7 @@ class Bundle:
   record: dict
   checkpoint: dict
   calibration: Any = None
+  novelty: Any = None
 
   def calibrated(self, logits):
     """[n, classes] float64 calibrated logits (calibrate.apply; unchanged for a run without calibration.json)."""
@@ -413,4 +428,16 @@ def load(workdir):
                          np.ones(1, np.int32), train=False)["params"])
   params, checkpoint = restore_best_params(workdir, parallel.data_parallel().abstract(shapes))
   return Bundle(workdir, config, params, model.apply, tuple(record["classes"]), tuple(record["time_points"]),
-                preprocessing, record, checkpoint, load_calibration(workdir))
+                preprocessing, record, checkpoint, load_calibration(workdir), load_novelty(workdir))
+
+
+def load_novelty(workdir):
+  """A run's novelty.Novelty, or None for a run without one."""
+  path = pathlib.Path(workdir) / NOVELTY
+  if not path.exists():
+    return None
+  try:
+    with np.load(path) as saved:
+      return novelty.Novelty.from_arrays({name: saved[name] for name in saved.files})
+  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+    raise ConfigError(f"{path}: damaged ({type(error).__name__}: {error}); train again in a new --workdir") from None

@@ -33,6 +33,7 @@ def run(tmp_path_factory, cache_dir, simulated):
   config = tiny.get_config()
   config.data.cache_dir = str(cache_dir)
   config.data.sequence_mode = "anchored"
+  config.data.novelty_genes = 100
   config.train.num_epochs = 4
   training.train_and_evaluate(config, root / "run")
   data = dataset.prepare(config)
@@ -65,13 +66,17 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   np.testing.assert_allclose(out.obsm[annotation.PROBABILITIES_KEY], expected, atol=1e-6)
   np.testing.assert_array_equal(out.obs_names, names[np.arange(len(names)), test.anchor])
   best = np.asarray(bundle.classes)[expected.argmax(1)]
-  # the default rule: the energy (logsumexp) of the calibrated logits below the threshold of the cell's class that
-  # keeps 95% of that class's validation cells assigned
-  energy = calibrate.logsumexp(calibrate.apply(bundle.calibration, result.logits))
-  limits = np.asarray(unassigned.class_thresholds(bundle.calibration, "energy", 0.95))
-  confident = energy >= limits[expected.argmax(1)]
+  # the default rule: the combined score (the lower of the cell's energy and novelty quantiles among its class's
+  # validation cells) below the threshold of the cell's class that keeps 95% of that class's validation cells
+  # assigned; the query's novelty scores are those training gave the same cells
+  novelty = rundir.load_test_novelty(root / "run")
+  np.testing.assert_allclose(result.prediction.unassigned_score, unassigned.combined(
+      calibrate.apply(bundle.calibration, result.logits), novelty, bundle.calibration), atol=1e-6)
+  np.testing.assert_allclose(out.obs[annotation.UNASSIGNED_SCORE_KEY], result.prediction.unassigned_score, atol=1e-6)
+  limits = np.asarray(unassigned.class_thresholds(bundle.calibration, "combined", 0.95))
+  confident = result.prediction.unassigned_score >= limits[expected.argmax(1)]
   assert result.info["unassigned"]["chosen_by"].startswith("keeps 95% of each class's validation cells")
-  assert result.info["unassigned"]["score"] == unassigned.DEFAULT_SCORE == "energy"
+  assert result.info["unassigned"]["score"] == unassigned.DEFAULT_SCORE == "combined"
   assert 0 < (~confident).sum() < len(confident)
   labels = out.obs[annotation.LABEL_KEY].astype(str).to_numpy()
   np.testing.assert_array_equal(labels[confident], best[confident])
@@ -104,7 +109,7 @@ def test_label_sets_are_written_with_their_size_and_cover_the_validation_cells(r
   assert out.uns["cardiac_jax"]["label_sets"]["alpha"] == 0.2
   in_memory = annotation.annotate(bundle, query, alpha=0.2, progress=False).to_adata()
   np.testing.assert_array_equal(in_memory.obsm[annotation.LABEL_SETS_KEY], sets)
-  validation = predict.predict(bundle, data.val)  # the default alpha, 0.1
+  validation = predict.predict(bundle, data.val, novelty=data.novelty_of(data.val))  # the default alpha, 0.1
   covered = conformal.coverage(validation.label_sets, data.val.labels)
   assert covered["coverage"] >= 0.9 and covered["coverage"] < 0.97
 
@@ -133,9 +138,10 @@ def test_eval_and_annotate_give_every_test_cell_the_same_label(run, tmp_path):
   assert results["test_accuracy"] == pytest.approx(report_json["accuracy"])
   assert results["test_macro_f1"] == pytest.approx(report_json["macro_f1"])
   assert results["test_raw_logit_accuracy"] == pytest.approx(report_json["raw_logit_accuracy"])
-  bundle_val = predict.predict(bundle, training_data(bundle).val)
+  val = training_data(bundle).val
+  bundle_val = predict.predict(bundle, val, rule=unassigned.NO_RULE)
   assert results["val_top_class_macro_f1"] == pytest.approx(metrics.classification_report(
-      training_data(bundle).val.labels, bundle_val.top_class, bundle.classes)["macro_f1"])
+      val.labels, bundle_val.top_class, bundle.classes)["macro_f1"])
 
 
 def training_data(bundle):
@@ -172,10 +178,14 @@ def test_the_unassigned_rule(run):
   root, _, data, query = run
   bundle = rundir.load(root / "run")
   # the default threshold leaves 5% of the run's validation cells (known types) unassigned
-  val_logits = predict.predict_logits(bundle, data.val)
+  val_logits, val_novelty = predict.predict_logits(bundle, data.val), data.novelty_of(data.val)
   for score in unassigned.SCORES:
     rule = unassigned.rule(bundle.calibration, score, per_class=False)
-    assert rule.unassigned(bundle.calibrated(val_logits)).mean() == pytest.approx(0.05, abs=0.01)
+    share = rule.unassigned(bundle.calibrated(val_logits), val_novelty).mean()
+    if score == "novelty":  # its count of raised genes ties many cells: at most the share, never more
+      assert 0.02 <= share <= 0.06
+    else:
+      assert share == pytest.approx(0.05, abs=0.01), score
     per_class = unassigned.rule(bundle.calibration, score)  # the default: each class's own threshold
     assert len(per_class.class_thresholds) == len(bundle.classes)
   given = annotation.annotate(bundle, query, unassigned_score="energy", threshold=1.5, progress=False)

@@ -6,6 +6,7 @@ import pytest
 
 from cardiac_jax import calibrate, metrics, unassigned
 from cardiac_jax import workdir as rundir
+from cardiac_jax.errors import ConfigError
 
 
 def _logits(seed, n=2000, classes=4):
@@ -82,7 +83,7 @@ def test_a_record_from_before_vector_scaling_is_a_temperature():
   read = rundir.upgraded_calibration(old)
   np.testing.assert_allclose(calibrate.apply(read, logits), logits / t)
   np.testing.assert_array_equal(calibrate.apply(None, logits), logits)
-  for name in unassigned.SCORES:
+  for name in unassigned.LOGIT_SCORES:
     values = unassigned.score(name, calibrate.apply(read, logits))
     assert (values >= unassigned.threshold(read, name, 0.9)).mean() == pytest.approx(0.9, abs=0.002)
 
@@ -104,7 +105,7 @@ def test_unassigned_thresholds_keep_the_stated_share_of_validation_cells():
   logits = 2 * rng.normal(size=(1000, 3)) + 2 * np.eye(3)[labels]
   record = calibrate.fit(logits, labels)
   record["val_score_quantiles"] = unassigned.validation_quantiles(calibrate.apply(record, logits))
-  for name in unassigned.SCORES:
+  for name in unassigned.LOGIT_SCORES:
     values = unassigned.score(name, calibrate.apply(record, logits))
     for keep in (0.8, 0.95):
       assert (values >= unassigned.threshold(record, name, keep)).mean() == pytest.approx(keep, abs=0.006)
@@ -133,3 +134,29 @@ def test_per_class_thresholds_keep_the_stated_share_of_each_classs_validation_ce
       per_class.class_thresholds)
   few = unassigned.validation_quantiles_by_class(calibrated[::100], labels[::100])  # too few cells per class: no own threshold
   assert all(q is None for q in few["energy"])
+
+
+def test_the_combined_score_keeps_the_stated_share_and_leaves_out_cells_only_novelty_sees():
+  """'combined' (the lower of a cell's energy and novelty quantiles among its type's validation cells) keeps 95% of
+  each class's validation-like cells assigned, and leaves out cells whose logits look known but whose novelty
+  score is lower than any validation cell's; without novelty scores the default score is the energy."""
+  rng = np.random.default_rng(5)
+  labels = np.r_[np.zeros(1500, int), np.ones(1500, int), np.full(400, 2)]
+  logits = rng.normal(size=(len(labels), 3)) + 4 * np.eye(3)[labels]
+  novelty = rng.normal(size=len(labels)) - 2.0 * (labels == 2)  # a class whose cells lie further from the others
+  record = unassigned.fitted_calibration(logits, labels, val_novelty=novelty)
+  rule = unassigned.rule(record)
+  assert rule.score == "combined" and len(rule.class_thresholds) == 3
+  assert unassigned.rule(unassigned.fitted_calibration(logits, labels)).score == "energy"
+  fresh = rng.normal(size=(len(labels), 3)) + 4 * np.eye(3)[labels]  # new cells of the same classes
+  fresh_novelty = rng.normal(size=len(labels)) - 2.0 * (labels == 2)
+  calibrated = calibrate.apply(record, fresh)
+  left_out = rule.unassigned(calibrated, fresh_novelty)
+  for c in range(3):
+    assert left_out[calibrated.argmax(1) == c].mean() == pytest.approx(0.05, abs=0.03)
+  values = rule.values(calibrated, fresh_novelty)
+  assert ((values >= 0) & (values <= 1)).all()
+  novel = rule.unassigned(calibrated, fresh_novelty - 10.0)  # the same logits, far from every training cell
+  assert novel.mean() == 1.0
+  with pytest.raises(ConfigError, match="novelty"):
+    rule.unassigned(calibrated)

@@ -22,12 +22,17 @@ flags.DEFINE_string("donor_key", None, "obs column of the donor: context comes f
 flags.DEFINE_string("gene_key", None, "var column of gene names; default: var_names.")
 flags.DEFINE_enum("normalization", "auto", preprocess.NORMALIZATIONS,
                   "What X holds: auto (detected as training does), counts, linear (FPKM/TPM) or log.")
-flags.DEFINE_enum("unassigned_score", unassigned.DEFAULT_SCORE, unassigned.RULE_SCORES,
-                  "The score of the calibrated logits that decides 'Unassigned': energy (logsumexp), probability "
-                  "(top probability) or none (every cell labelled).")
+flags.DEFINE_enum("unassigned_score", None, unassigned.RULE_SCORES,
+                  "The score that decides 'Unassigned', written to obs['cardiac_jax_unassigned_score'] (lower = less "
+                  "like any training type). Default: combined (runs with a novelty score), the lower of the cell's "
+                  "two validation quantiles among its most probable type's validation cells, of its energy and of "
+                  "its whole-transcriptome novelty score; else energy (logsumexp of the calibrated logits). Also: "
+                  "novelty, probability, or none (every cell labelled).")
 flags.DEFINE_float("keep_known", unassigned.KEEP_KNOWN, "Without --threshold: the threshold keeps this share of "
                    "the run's validation cells (known types, held-out donors) assigned.")
-flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unassigned' (overrides --keep_known).")
+flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unassigned' (overrides --keep_known; "
+                   "for combined, 0.01 leaves out cells less like the training types than 99%% of their type's "
+                   "validation cells on either view). uns['cardiac_jax']['unassigned'] says how it was chosen.")
 flags.DEFINE_bool("per_class", True, "Without --threshold: one threshold per class, each keeping --keep_known of "
                   "that class's validation cells assigned (a rare class is not left out whole); "
                   "--noper_class: one threshold for all cells.")

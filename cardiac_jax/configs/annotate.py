@@ -39,6 +39,9 @@ ANNOTATE = {
     # Early stopping and the best checkpoint by validation macro-F1 (every type counts the same), the score the
     # labels are judged by; validation accuracy favours the common types.
     "train.early_stopping_metric": "macro_f1",
+    # A novelty score read from the 2,000 most variable genes of the whole transcriptome, not the classifier's 200
+    # (cardiac_jax/novelty.py): with the classifier's energy it decides which cells are 'Unassigned'.
+    "data.novelty_genes": 2000,
 }
 
 

@@ -99,6 +99,9 @@ def get_config():
   # Cell types left out of the whole run (train, validation and test), as if the reference had never seen
   # them: trust.py's unseen-type experiment trains with each type left out in turn.
   config.data.exclude_types = ()
+  # Genes of the whole-transcriptome novelty score (cardiac_jax/novelty.py: the most variable genes of the training
+  # cells, their PCA and a reference of training cells, saved with the run); 0 = no novelty score.
+  config.data.novelty_genes = 0
   # Keep each prepared Dataset in cache_dir/prepared/ and read it back when config and input files are unchanged.
   config.data.reuse_prepared = True
 

@@ -235,9 +235,11 @@ def _score_unseen(cell_type, config, workdir, adata):
   calibrated = bundle.calibrated(result.logits)
   row = {"type": cell_type, "unseen_cells": int(unseen.sum()), "known_cells": int((~unseen).sum()),
          "known_accuracy": float((best[~unseen] == known_labels).mean()), "scores": {}}
-  for name in unassigned.SCORES:
-    values = unassigned.score(name, calibrated)
-    below = values < unassigned.threshold(bundle.calibration, name)
+  novelty = result.prediction.novelty
+  for name in unassigned.SCORES if novelty is not None else unassigned.LOGIT_SCORES:
+    rule = unassigned.rule(bundle.calibration, name)  # the default: each class's own threshold
+    values = rule.values(calibrated, novelty)
+    below = rule.unassigned(calibrated, novelty)
     row["scores"][name] = {"auroc": float(roc_auc_score(~unseen, values)),
                            "unseen_unassigned": float(below[unseen].mean()),
                            "known_unassigned": float(below[~unseen].mean())}
@@ -388,7 +390,8 @@ def donors_markdown(record):
 def unseen_markdown(record):
   names = list(record["types"][0]["scores"])
   lines = [f"Each type left out of a whole run in turn; all cells of the run's held-out donors annotated. "
-           f"Threshold: keeps {record['keep_known']:.0%} of the validation cells assigned (CellTypist: no class "
+           f"Thresholds: annotate's default, one per class keeping {record['keep_known']:.0%} of that class's "
+           f"validation cells assigned (CellTypist: no class "
            f"reaches 0.5). Wall time {record['wall_seconds'] / 60:.1f} min.", "",
            "AUROC of known (high) versus unseen (low) cells; in brackets the share of unseen-type cells / of "
            "known-type cells marked Unassigned.", "",
