@@ -18,6 +18,7 @@ import dataclasses
 import json
 
 import numpy as np
+from sklearn.neighbors import BallTree
 
 from cardiac_jax.errors import DataError
 
@@ -261,26 +262,34 @@ def _labels_of(labels, cells):
   return np.full(len(cells), -1, np.int32) if labels is None else np.asarray(labels, np.int32)[cells]
 
 
-# Distances computed at once when searching neighbours (float64: 160 MB), whatever the size of the pool.
-_KNN_BLOCK = 20_000_000
+# The most cells of one group and time point that serve as context (a donor's cells at one day). Beyond it the
+# context comes from a sample of them chosen by their content (`content_sample`), so that the neighbour search
+# costs each cell at most this many distances and grows linearly with a donor's cells. The built-in data's pools
+# (about 150 cells) and GSE175634's (about 1,700 on average) lie mostly below it; at a million cells from 19
+# donors a pool holds about 7,500.
+CONTEXT_POOL = 2000
+
+
+def content_sample(points, size):
+  """Sorted positions of at most `size` of the rows of `points` [n, d] (float32), chosen by a hash of each row's
+  bytes: the same rows whatever their order, and a different set for different data."""
+  if len(points) <= size:
+    return np.arange(len(points))
+  words = np.ascontiguousarray(points, np.float32).view(np.uint32).astype(np.uint64)
+  mixers = (np.arange(1, words.shape[1] + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) | np.uint64(1)
+  with np.errstate(over="ignore"):
+    key = (words * mixers).sum(1)
+    key ^= key >> np.uint64(31)
+    key *= np.uint64(0xBF58476D1CE4E5B9)
+    key ^= key >> np.uint64(29)
+  return np.sort(np.argsort(key, kind="stable")[:size])
 
 
 def nearest(query, reference, k):
-  """[len(query), min(k, len(reference))] rows of `reference` nearest to each query row (Euclidean), nearest first.
-
-  Brute force in chunks of query rows: exact and deterministic (ties go to the lower row).
-  """
+  """[len(query), min(k, len(reference))] rows of `reference` nearest to each query row (Euclidean), nearest first:
+  exact, through scikit-learn's ball tree."""
   k = min(k, len(reference))
-  ref_sq = (reference.astype(np.float64) ** 2).sum(1)
-  out = np.empty((len(query), k), np.int64)
-  chunk = max(1, _KNN_BLOCK // max(len(reference), 1))
-  for lo in range(0, len(query), chunk):
-    q = query[lo : lo + chunk].astype(np.float64)
-    distance = ref_sq[None, :] - 2 * q @ reference.T.astype(np.float64)  # + |q|^2, the same for a row
-    part = np.argpartition(distance, k - 1, axis=1)[:, :k] if k < len(reference) else np.tile(np.arange(k), (len(q), 1))
-    order = np.lexsort((part, np.take_along_axis(distance, part, 1)), axis=1)
-    out[lo : lo + len(q)] = np.take_along_axis(part, order, 1)
-  return out
+  return BallTree(np.asarray(reference, np.float64)).query(np.asarray(query, np.float64), k=k)[1]
 
 
 def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_len, labels=None, groups=None,
@@ -290,8 +299,8 @@ def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_le
   For an anchor at time point t, the sequence has a step for every time point where the anchor's context pool
   has cells (and for t), in time order: at t the anchor itself, at any other time point the mean expression of
   the anchor's k nearest pool cells of that time point in `embedding` space. The pool is `pool`, restricted to
-  the anchor's group (e.g. its donor's time course) when `groups` is given. A last input channel is 1 at the
-  anchor's step.
+  the anchor's group (e.g. its donor's time course) when `groups` is given, and at each time point to at most
+  CONTEXT_POOL of its cells (`content_sample`). A last input channel is 1 at the anchor's step.
 
   Args:
     x: [cells, genes] log expression; embedding: [cells, d] coordinates to find neighbours in.
@@ -320,6 +329,7 @@ def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_le
     context = pool[group_of[pool] == g]
     for t in np.unique(times[context]):
       reference = context[times[context] == t]
+      reference = reference[content_sample(embedding[reference], CONTEXT_POOL)]
       need = members[anchor_time[members] != t]
       if not len(need):
         continue

@@ -228,3 +228,26 @@ def test_time_channels_say_each_steps_time_point_between_the_genes_and_the_ancho
   assert not timed.x[0, 2:, 4:].any() and not timed.x[1, 3:, 4:].any()  # padding has no time
   alone = sequences.with_time_channels(sequences.cell_sequences(x, times, np.array([25]), max_len=2), 4, 3)
   np.testing.assert_array_equal(alone.x[0, :, 4:], [[0, 0, 1], [0, 0, 0]])
+
+
+def test_a_large_context_pool_is_sampled_by_content_whatever_the_cells_order(monkeypatch):
+  """Beyond CONTEXT_POOL cells of a day, the context comes from a sample chosen by the cells' content: the same
+  cells, and so the same sequences, whatever order the cells come in; the search per cell stays bounded."""
+  rng = np.random.default_rng(3)
+  points = rng.normal(size=(500, 6)).astype(np.float32)
+  chosen = sequences.content_sample(points, 100)
+  assert len(chosen) == 100 and (np.diff(chosen) > 0).all()
+  order = rng.permutation(500)
+  assert set(order[sequences.content_sample(points[order], 100)]) == set(chosen)
+  np.testing.assert_array_equal(sequences.content_sample(points[:80], 100), np.arange(80))
+  monkeypatch.setattr(sequences, "CONTEXT_POOL", 50)
+  x = rng.normal(size=(400, 5)).astype(np.float32)
+  times = np.repeat(np.arange(2), 200)
+  built = sequences.anchored_sequences(x, x[:, :3], times, np.arange(10), np.arange(400), n_times=2, k=3, max_len=2)
+  pool_day1 = 200 + sequences.content_sample(x[200:, :3], 50)
+  assert set(built.cell_ids[:, 1]) <= set(pool_day1)  # the context's nearest cells come from the sample
+  shuffled = rng.permutation(400)
+  inverse = np.argsort(shuffled)
+  again = sequences.anchored_sequences(x[shuffled], x[shuffled, :3], times[shuffled], inverse[:10], np.arange(400),
+                                       n_times=2, k=3, max_len=2)
+  np.testing.assert_allclose(again.x, built.x, atol=1e-6)
