@@ -24,9 +24,12 @@ from cardiac_jax.sequences import MODES, anchored_sequences, cell_sequences
 from cardiac_jax.workdir import CALIBRATION, best_checkpoint
 
 # Cells whose sequences are built and predicted at a time when labelling a query (bounds memory at atlas
-# size), and sequences per forward pass there (the logits of a sequence do not depend on its batch).
+# size), and sequences per forward pass there (the logits of a sequence do not depend on its batch): QUERY_BATCH,
+# or for short sequences as many as make QUERY_STEPS steps (one-step sequences: 1,024; measured in
+# benchmarks/README.md).
 QUERY_CHUNK = 20_000
 QUERY_BATCH = 256
+QUERY_STEPS = 1024
 
 
 def make_predict_fn(apply_fn, data_parallel=None):
@@ -166,8 +169,8 @@ def query_sequences(bundle, x, embedding, times, cells, groups=None):
   """
   data, n_times = bundle.config.data, len(bundle.time_points)
   scaling = gene_scaling(bundle.config, bundle.preprocessing)
-  if not MODES[bundle.sequence_mode].context:
-    sequences = cell_sequences(x, times, cells, max_len=data.max_len, gene_scaling=scaling)
+  if not MODES[bundle.sequence_mode].context:  # one step each: no padding to build and carry
+    sequences = cell_sequences(x, times, cells, max_len=1, gene_scaling=scaling)
   else:
     sequences = anchored_sequences(x, embedding, times, cells, np.arange(len(x)), n_times=n_times,
                                    k=data.context_k, max_len=data.max_len, groups=groups, gene_scaling=scaling)
@@ -192,7 +195,8 @@ def predict_cell_logits(bundle, x, times, groups=None, progress=True, data_paral
   for lo in range(0, len(x), QUERY_CHUNK):
     cells = np.arange(lo, min(lo + QUERY_CHUNK, len(x)))
     sequences = query_sequences(bundle, x, embedding, times, cells, groups)
-    out[cells] = predict_logits(bundle, sequences, predict_fn, min(QUERY_BATCH, len(x)))
+    batch_size = max(QUERY_BATCH, QUERY_STEPS // batching.used_steps(sequences))
+    out[cells] = predict_logits(bundle, sequences, predict_fn, min(batch_size, len(x)))
     bar.update(len(cells))
   bar.close()
   return out

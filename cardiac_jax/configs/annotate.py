@@ -2,8 +2,9 @@
 day's one-hot), split by donor; test metrics are per cell.
 
 Each cell alone labels as well as the anchored context (each cell among its nearest neighbours at the other days
-of its own donor's time course, `--config.data.sequence_mode=anchored`) on held-out donors, and needs no
-neighbour search: annotation grows linearly with the cells and runs several times faster (docs/annotation.md).
+of its own donor's time course, `--config.data.sequence_mode=anchored --config.model.pooling=anchor`) on
+held-out donors, and needs no neighbour search: annotation grows linearly with the cells and runs several times
+faster (docs/annotation.md).
 
 Train it, then label any time course:
   cardiac-jax train --config=annotate --workdir=runs/annotate
@@ -22,9 +23,10 @@ ANNOTATE = {
     "data.gene_selection": "anova",
     "data.context_k": 5,
     "data.n_spatial": 0,
-    # Read out the labelled cell's own step (with the anchored context: after the LSTM and attention mixed it in).
-    # The seed's mean over steps made anchored runs wait at chance for epochs with the balanced loss.
-    "model.pooling": "anchor",
+    # One step: its mean is the cell's own step. With the anchored context, set model.pooling='anchor' (read out
+    # the labelled cell's step after the LSTM and attention mixed its context in): the seed's mean over steps made
+    # anchored runs wait at chance for epochs with the balanced loss.
+    "model.pooling": "mean",
     # Per-cell data keep the types' natural imbalance (UNK is 3-5% of cells): a balanced loss keeps rare
     # types from being ignored, which macro-F1 (every type counts the same) rewards.
     "train.class_weighting": "balanced",

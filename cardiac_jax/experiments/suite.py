@@ -32,7 +32,7 @@ ACCURACY_STOPPING = {"train.early_stopping_metric": "accuracy"}
 NLL_CALIBRATION = dict(ACCURACY_STOPPING, **{"train.calibration_method": "auto"})
 SMALL_NETWORK = {"model.hidden_dim": 32, "model.num_layers": 1, "model.num_heads": 4, "model.head_dims": (32,)}
 # The anchored context (the annotate config before each cell alone became its default) and its ablations.
-ANCHORED = {"data.sequence_mode": "anchored"}
+ANCHORED = {"data.sequence_mode": "anchored", "model.pooling": "anchor"}
 
 
 def _anchored(overrides=None):

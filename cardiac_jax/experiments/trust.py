@@ -289,6 +289,8 @@ def donor_loop(config, workdir, folds=FOLDS):
   integrity.write_atomic(out / "donors.md", donors_markdown(record))
   plot_donors(per_donor, out / "donors.png")
   plot_reliability(pooled, out / "reliability.png")
+  if sets:
+    plot_label_sets(sets, cell_types(config, adata), conformal.ALPHA, out / "label_sets.png")
   return record
 
 
@@ -434,6 +436,29 @@ def plot_reliability(pooled, path):
   ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title="test cells of every fold")
   ax.grid(alpha=0.3)
   ax.legend(loc="upper left", fontsize=7)
+  figures.save(fig, path)
+
+
+def plot_label_sets(rows, classes, alpha, path):
+  """Coverage of each type's cells by its label sets, run by run (dots) and over runs (bars), per method, against
+  the 1 - alpha the sets are built for."""
+  methods = list(dict.fromkeys(r["method"] for r in rows))
+  fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(classes) + 2), 4))
+  x = np.arange(len(classes))
+  width = 0.8 / len(methods)
+  for i, method in enumerate(methods):
+    group = np.array([r["per_class"] for r in rows if r["method"] == method], float)  # [runs, classes]
+    offset = x + (i - (len(methods) - 1) / 2) * width
+    sizes = np.mean([r["mean_size"] for r in rows if r["method"] == method])
+    ax.bar(offset, np.nanmean(group, 0), width, alpha=0.6, label=f"{method} (mean set size {sizes:.2f})")
+    for run in group:
+      ax.plot(offset, run, "k.", markersize=3)
+  ax.axhline(1 - alpha, color="gray", linestyle="--", linewidth=1, label=f"1 - alpha = {1 - alpha:.2f}")
+  ax.set_xticks(x, classes)
+  ax.set(xlabel="true type", ylabel="share of its cells whose set holds it", ylim=(0, 1.05),
+         title="label sets on held-out donors (dots: runs)")
+  ax.grid(axis="y", alpha=0.3)
+  ax.legend(fontsize=8, loc="lower right")
   figures.save(fig, path)
 
 
