@@ -325,7 +325,8 @@ def explain(workdir, *, steps=IG_STEPS, batch_size=BATCH, max_per_class=MAX_PER_
   started = time.perf_counter()
   bundle = rundir.load(workdir)
   test, _ = rundir.load_test_sequences(bundle.workdir, times=True)
-  labelled_right = predict.predict(bundle, test, novelty=rundir.load_test_novelty(bundle.workdir)).label_ids == test.labels
+  prediction = predict.predict(bundle, test, novelty=rundir.load_test_novelty(bundle.workdir))
+  labelled_right = prediction.label_ids == test.labels
   right = first_per_class(labelled_right, test.labels, max_per_class)
   correct = test.take(right)
   logging.info("interpret: %d of %d test sequences correctly labelled; explaining %d", labelled_right.sum(),

@@ -98,8 +98,9 @@ class Novelty:
 
   @classmethod
   def from_arrays(cls, arrays):
+    floats = ("mean", "scale", "components", "reference", "upper", "standard")
     return cls(tuple(str(g) for g in arrays["genes"]), str(arrays["kind"]), float(arrays["target_sum"]),
-               *(np.asarray(arrays[name], np.float32) for name in ("mean", "scale", "components", "reference", "upper", "standard")))
+               *(np.asarray(arrays[name], np.float32) for name in floats))
 
 
 def _ranked(x, rows, genes, n_top, kind, target_sum):
