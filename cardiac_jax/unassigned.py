@@ -4,12 +4,14 @@ leaves the unlike ones without a label.
 The rule, in one paragraph: a cell is 'Unassigned' when its score is below the threshold of its most probable
 type, the threshold chosen so that a share KEEP_KNOWN (95%) of that type's validation cells (held-out donors,
 all of known types) stay assigned (Mondrian: one threshold per type, so a rare type whose scores run low is not
-left out whole). The default score, 'combined', is the lower of two validation quantiles of the cell, both among
-the validation cells of its most probable type: that of its energy (the classifier's view, on the model's genes)
-and that of its novelty score (novelty.py: the whole transcriptome's view, which sees programmes outside the
-model's genes). It lies in [0, 1]: 0.03 says that on one of the two views, 97% of that type's validation cells
-look more like the training cells than this one. A cell's label set (conformal.py) is a separate statement,
-the types it may be with a stated coverage; it is empty where no type's validation cells explain the cell.
+left out whole). The default score is the energy of the calibrated logits. Every run with a novelty score
+(novelty.py: the whole transcriptome's view, which sees programmes outside the model's genes) also offers
+'novelty' and 'combined', the lower of the cell's two validation quantiles among the validation cells of its
+most probable type, of its energy and of its novelty score (0-1: 0.03 says that on one of the two views, 97% of
+that type's validation cells look more like the training cells than this one). The energy stays the default
+because it separated types left out of training best on the validation donors (docs/trust.md). A cell's label
+set (conformal.py) is a separate statement, the types it may be with a stated coverage; it is empty where no
+type's validation cells explain the cell.
 
 `SCORES` are per-cell numbers, higher for cells like the training types: 'probability', the top probability of
 the calibrated logits (calibrate.apply); 'energy', their logsumexp (the negative free energy, Liu et al. 2020),
@@ -46,11 +48,9 @@ MEANINGS = {
 }
 # The validation quantiles of every score kept beside the calibration: 0%, 0.5%, ..., 100%.
 QUANTILES = np.linspace(0.0, 1.0, 201)
-# The score that decides 'Unassigned' unless told otherwise: 'combined' for runs with a novelty score; 'energy',
-# for runs without one, separated types left out of training from known ones best of the classifier's scores in
-# the trust experiment's leave-one-type-out runs (docs/trust.md).
-DEFAULT_SCORE = COMBINED
-LOGITS_ONLY_DEFAULT = "energy"
+# The score that decides 'Unassigned' unless told otherwise: of the scores, the one with the highest mean AUROC of
+# known against left-out types on the trust experiment's validation donors (docs/trust.md).
+DEFAULT_SCORE = "energy"
 # The share of known cells (validation) kept assigned by default.
 KEEP_KNOWN = 0.95
 # The rule's score names: a score, or 'none' (every cell gets its most probable class).
@@ -91,7 +91,7 @@ def score(name, calibrated, novelty=None, record=None):
     return np.asarray(LOGIT_SCORES[name](np.asarray(calibrated, np.float64)), np.float64)
   if novelty is None:
     raise ConfigError(f"the unassigned score {name!r} reads each cell's novelty score, and none was given (a run "
-                      f"trained without data.novelty_genes has none: use {LOGITS_ONLY_DEFAULT!r})")
+                      f"trained without data.novelty_genes has none: use {DEFAULT_SCORE!r})")
   if name == NOVELTY:
     return np.asarray(novelty, np.float64)
   return combined(calibrated, novelty, record)
@@ -205,26 +205,20 @@ class Rule:
 NO_RULE = Rule("none", float("-inf"), "no cell is left unassigned")
 
 
-def default_score(calibration):
-  """The score a run's rule uses unless told otherwise: DEFAULT_SCORE where the run has novelty scores, else
-  LOGITS_ONLY_DEFAULT."""
-  return DEFAULT_SCORE if COMBINED in (calibration or {}).get("val_score_quantiles", {}) else LOGITS_ONLY_DEFAULT
-
-
 def rule(calibration, score_name=None, threshold_value=None, keep_known=KEEP_KNOWN, where="<run>", per_class=None):
   """The Rule for a run's calibration record: `threshold_value` as given, or else thresholds that keep a share
   `keep_known` of the run's validation cells assigned: with `per_class` (the default, None: where the record has
   per-class quantiles) one per class, chosen on that class's validation cells (Mondrian), so that a rare class
-  whose scores run low is not left out whole; else one for all cells. `score_name` None: `default_score`.
+  whose scores run low is not left out whole; else one for all cells. `score_name` None: DEFAULT_SCORE.
   `where` names the run in errors."""
-  score_name = default_score(calibration) if score_name is None else score_name
+  score_name = DEFAULT_SCORE if score_name is None else score_name
   if score_name not in RULE_SCORES:
     raise ConfigError(f"unknown unassigned score {score_name!r}; known: {list(RULE_SCORES)}")
   if score_name == "none":
     return NO_RULE
   if score_name in (NOVELTY, COMBINED) and score_name not in (calibration or {}).get("val_score_quantiles", {}):
     raise ConfigError(f"{where}: the unassigned score {score_name!r} needs a run with a novelty score (trained "
-                      f"with data.novelty_genes); use {LOGITS_ONLY_DEFAULT!r}")
+                      f"with data.novelty_genes); use {DEFAULT_SCORE!r}")
   if threshold_value is not None:
     if not math.isfinite(threshold_value):
       raise ConfigError(f"the Unassigned threshold must be a finite number, got {threshold_value}")

@@ -13,6 +13,7 @@ A workdir holds everything a run writes:
                       each with the sha256 of its files beside it
   results.json        final metrics of the best model
   report/, interpret/ what eval.py and interpret.py write about the run; trust.json what trust.py scored
+                      (trust_validation.json: its unseen experiment on the validation donors)
 
 `Writer` is what training writes through (process 0 alone writes in a multi-process run); `load` turns a
 finished workdir into a `Bundle`, everything prediction needs. Workdirs of earlier versions (format 1: no
@@ -53,6 +54,7 @@ RESULTS = "results.json"
 REPORT = "report"
 INTERPRET = "interpret"
 TRUST = "trust.json"
+TRUST_VALIDATION = "trust_validation.json"
 
 
 def load_config(workdir):

@@ -66,17 +66,21 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   np.testing.assert_allclose(out.obsm[annotation.PROBABILITIES_KEY], expected, atol=1e-6)
   np.testing.assert_array_equal(out.obs_names, names[np.arange(len(names)), test.anchor])
   best = np.asarray(bundle.classes)[expected.argmax(1)]
-  # the default rule: the combined score (the lower of the cell's energy and novelty quantiles among its class's
-  # validation cells) below the threshold of the cell's class that keeps 95% of that class's validation cells
-  # assigned; the query's novelty scores are those training gave the same cells
-  novelty = rundir.load_test_novelty(root / "run")
-  np.testing.assert_allclose(result.prediction.unassigned_score, unassigned.combined(
-      calibrate.apply(bundle.calibration, result.logits), novelty, bundle.calibration), atol=1e-6)
-  np.testing.assert_allclose(out.obs[annotation.UNASSIGNED_SCORE_KEY], result.prediction.unassigned_score, atol=1e-6)
-  limits = np.asarray(unassigned.class_thresholds(bundle.calibration, "combined", 0.95))
-  confident = result.prediction.unassigned_score >= limits[expected.argmax(1)]
+  # the default rule: the energy (logsumexp) of the calibrated logits below the threshold of the cell's class that
+  # keeps 95% of that class's validation cells assigned, the energy written as the cell's unassigned score
+  energy = calibrate.logsumexp(calibrate.apply(bundle.calibration, result.logits))
+  np.testing.assert_allclose(out.obs[annotation.UNASSIGNED_SCORE_KEY], energy, rtol=1e-6)
+  limits = np.asarray(unassigned.class_thresholds(bundle.calibration, "energy", 0.95))
+  confident = energy >= limits[expected.argmax(1)]
   assert result.info["unassigned"]["chosen_by"].startswith("keeps 95% of each class's validation cells")
-  assert result.info["unassigned"]["score"] == unassigned.DEFAULT_SCORE == "combined"
+  assert result.info["unassigned"]["score"] == unassigned.DEFAULT_SCORE == "energy"
+  # the combined score reads the query's novelty scores, those training gave the same cells
+  novelty = rundir.load_test_novelty(root / "run")
+  np.testing.assert_allclose(result.prediction.novelty, novelty, rtol=1e-5, atol=1e-5)
+  combined = annotation.annotate_file(root / "run", root / "query.h5ad", root / "combined.h5ad",
+                                      unassigned_score="combined", progress=False)[0]
+  np.testing.assert_allclose(combined.prediction.unassigned_score, unassigned.combined(
+      calibrate.apply(bundle.calibration, result.logits), novelty, bundle.calibration), atol=1e-5)
   assert 0 < (~confident).sum() < len(confident)
   labels = out.obs[annotation.LABEL_KEY].astype(str).to_numpy()
   np.testing.assert_array_equal(labels[confident], best[confident])

@@ -139,15 +139,16 @@ def test_per_class_thresholds_keep_the_stated_share_of_each_classs_validation_ce
 def test_the_combined_score_keeps_the_stated_share_and_leaves_out_cells_only_novelty_sees():
   """'combined' (the lower of a cell's energy and novelty quantiles among its type's validation cells) keeps 95% of
   each class's validation-like cells assigned, and leaves out cells whose logits look known but whose novelty
-  score is lower than any validation cell's; without novelty scores the default score is the energy."""
+  score is lower than any validation cell's; a run without novelty scores has no combined score."""
   rng = np.random.default_rng(5)
   labels = np.r_[np.zeros(1500, int), np.ones(1500, int), np.full(400, 2)]
   logits = rng.normal(size=(len(labels), 3)) + 4 * np.eye(3)[labels]
   novelty = rng.normal(size=len(labels)) - 2.0 * (labels == 2)  # a class whose cells lie further from the others
   record = unassigned.fitted_calibration(logits, labels, val_novelty=novelty)
-  rule = unassigned.rule(record)
-  assert rule.score == "combined" and len(rule.class_thresholds) == 3
-  assert unassigned.rule(unassigned.fitted_calibration(logits, labels)).score == "energy"
+  rule = unassigned.rule(record, "combined")
+  assert len(rule.class_thresholds) == 3 and unassigned.rule(record).score == unassigned.DEFAULT_SCORE == "energy"
+  with pytest.raises(ConfigError, match="needs a run with a novelty score"):
+    unassigned.rule(unassigned.fitted_calibration(logits, labels), "combined")
   fresh = rng.normal(size=(len(labels), 3)) + 4 * np.eye(3)[labels]  # new cells of the same classes
   fresh_novelty = rng.normal(size=len(labels)) - 2.0 * (labels == 2)
   calibrated = calibrate.apply(record, fresh)

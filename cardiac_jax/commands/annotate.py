@@ -17,22 +17,23 @@ flags.DEFINE_string("input", None, "The time course to label: an .h5ad file or a
                     required=True)
 flags.DEFINE_string("output", None, "Where to write the annotated copy (.h5ad); never the input.", required=True)
 flags.DEFINE_string("time_key", None, "obs column of the time points; default: the run's data.time_key.")
-flags.DEFINE_string("donor_key", None, "obs column of the donor: context comes from each cell's own donor. "
-                    "Default: the run's data.donor_key if the input has it; '' for none.")
+flags.DEFINE_string("donor_key", None, "obs column of the donor: an anchored run takes context from each cell's "
+                    "own donor. Default: the run's data.donor_key if the input has it; '' for none.")
 flags.DEFINE_string("gene_key", None, "var column of gene names; default: var_names.")
 flags.DEFINE_enum("normalization", "auto", preprocess.NORMALIZATIONS,
                   "What X holds: auto (detected as training does), counts, linear (FPKM/TPM) or log.")
-flags.DEFINE_enum("unassigned_score", None, unassigned.RULE_SCORES,
+flags.DEFINE_enum("unassigned_score", unassigned.DEFAULT_SCORE, unassigned.RULE_SCORES,
                   "The score that decides 'Unassigned', written to obs['cardiac_jax_unassigned_score'] (lower = less "
-                  "like any training type). Default: combined (runs with a novelty score), the lower of the cell's "
-                  "two validation quantiles among its most probable type's validation cells, of its energy and of "
-                  "its whole-transcriptome novelty score; else energy (logsumexp of the calibrated logits). Also: "
-                  "novelty, probability, or none (every cell labelled).")
+                  "like any training type): energy (logsumexp of the calibrated logits; it separated types left out "
+                  "of training best), probability (top probability), novelty (distance to the training cells over "
+                  "the whole transcriptome's 2,000 most variable genes), combined (the lower of the cell's energy "
+                  "and novelty quantiles among its most probable type's validation cells, 0-1), or none.")
 flags.DEFINE_float("keep_known", unassigned.KEEP_KNOWN, "Without --threshold: the threshold keeps this share of "
                    "the run's validation cells (known types, held-out donors) assigned.")
-flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unassigned' (overrides --keep_known; "
-                   "for combined, 0.01 leaves out cells less like the training types than 99%% of their type's "
-                   "validation cells on either view). uns['cardiac_jax']['unassigned'] says how it was chosen.")
+flags.DEFINE_float("threshold", None, "Cells whose score is below this are 'Unassigned', one threshold for all "
+                   "(overrides --keep_known; for combined, 0.01 leaves out cells less like the training types than "
+                   "99% of their type's validation cells on either view). uns['cardiac_jax']['unassigned'] holds "
+                   "the thresholds used and how they were chosen.")
 flags.DEFINE_bool("per_class", True, "Without --threshold: one threshold per class, each keeping --keep_known of "
                   "that class's validation cells assigned (a rare class is not left out whole); "
                   "--noper_class: one threshold for all cells.")

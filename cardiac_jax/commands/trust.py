@@ -18,6 +18,8 @@ flags.DEFINE_enum("experiment", "donors", trust.EXPERIMENTS, "donors: leave-dono
                   "unseen: each cell type left out in turn.")
 flags.DEFINE_integer("folds", trust.FOLDS, "donors: folds of the loop (runs); every donor is held out once.")
 flags.DEFINE_list("types", [], "unseen: the types to leave out (default: every type of the data).")
+flags.DEFINE_enum("donors", "test", trust.UNSEEN_DONORS, "unseen: annotate each run's held-out test donors, or its "
+                  "validation donors (to choose a setting without the test donors).")
 
 
 def main():
@@ -26,4 +28,4 @@ def main():
   if FLAGS.experiment == "donors":
     trust.donor_loop(FLAGS.config, FLAGS.workdir, FLAGS.folds)
   else:
-    trust.unseen_types(FLAGS.config, FLAGS.workdir, FLAGS.types)
+    trust.unseen_types(FLAGS.config, FLAGS.workdir, FLAGS.types, FLAGS.donors)

@@ -214,20 +214,26 @@ def _set_row(method, sets, labels):
 
 
 
-def score_unseen(cell_type, config, workdir, adata):
-  """One run that never saw `cell_type`: every cell of its held-out donors (the unseen type's included) is
-  annotated as a new time course; returns the row of that type (AUROC and Unassigned shares per score,
-  beside CellTypist's 'prob match'), kept in the run's trust.json."""
-  return _scored_once(pathlib.Path(workdir) / rundir.TRUST,
-                      lambda: _score_unseen(cell_type, config, workdir, adata))
+# Whose cells the unseen experiment annotates: each run's held-out test donors, or its validation donors (an inner
+# loop for choosing a default without the test donors: the left-out type's cells there were never seen either).
+UNSEEN_DONORS = ("test", "validation")
 
 
-def _score_unseen(cell_type, config, workdir, adata):
+def score_unseen(cell_type, config, workdir, adata, donors="test"):
+  """One run that never saw `cell_type`: every cell of its `donors` (UNSEEN_DONORS; the unseen type's included)
+  is annotated as a new time course; returns the row of that type (AUROC and Unassigned shares per score,
+  beside CellTypist's 'prob match'), kept in the run's trust.json (validation donors: trust_validation.json)."""
+  kept = rundir.TRUST if donors == "test" else rundir.TRUST_VALIDATION
+  return _scored_once(pathlib.Path(workdir) / kept, lambda: _score_unseen(cell_type, config, workdir, adata, donors))
+
+
+def _score_unseen(cell_type, config, workdir, adata, donors):
   bundle = rundir.load(workdir)
   data = dataset.prepare(config)
   donor_key, label_key = config.data.donor_key, config.data.label_key
-  test_donors = set(adata.obs.loc[data.cell_names[data.test.anchor_cells], donor_key].astype(str))
-  query = adata[adata.obs[donor_key].astype(str).isin(test_donors).to_numpy()].copy()
+  split = data.test if donors == "test" else data.val
+  chosen = set(adata.obs.loc[data.cell_names[split.anchor_cells], donor_key].astype(str))
+  query = adata[adata.obs[donor_key].astype(str).isin(chosen).to_numpy()].copy()
   result = annotation.annotate(bundle, query, unassigned_score="none", progress=False)
   unseen = (query.obs[label_key].astype(str) == cell_type).to_numpy()
   known_labels = query.obs[label_key].astype(str).to_numpy()[~unseen]
@@ -294,20 +300,24 @@ def donor_loop(config, workdir, folds=FOLDS):
   return record
 
 
-def unseen_types(config, workdir, types=None):
-  """Trains (or reads back) one run per left-out type and scores it. Returns the record written to
-  <workdir>/unseen.json."""
+def unseen_types(config, workdir, types=None, donors="test"):
+  """Trains (or reads back) one run per left-out type and scores it on its `donors` (UNSEEN_DONORS). Returns the
+  record written to <workdir>/unseen.json (validation donors: unseen_validation.json)."""
+  if donors not in UNSEEN_DONORS:
+    raise ConfigError(f"unknown donors {donors!r} for the unseen experiment; known: {list(UNSEEN_DONORS)}")
   started = time.perf_counter()
   adata, rows = _cells_obs(config), []  # every cell: exclude_types acts when a run prepares its data
   for name, run_config, run_dir in runs(config, workdir, "unseen", types=types, adata=adata):
     logging.info("trust: unseen type %s", name)
     trained(run_config, run_dir)
-    rows.append(score_unseen(name, run_config, run_dir, adata))
-  record = {"keep_known": unassigned.KEEP_KNOWN, "wall_seconds": time.perf_counter() - started, "types": rows}
+    rows.append(score_unseen(name, run_config, run_dir, adata, donors))
+  record = {"keep_known": unassigned.KEEP_KNOWN, "wall_seconds": time.perf_counter() - started, "types": rows,
+            "donors": donors}
   out = pathlib.Path(workdir).expanduser()
-  integrity.write_atomic(out / "unseen.json", json.dumps(record, indent=2))
-  integrity.write_atomic(out / "unseen.md", unseen_markdown(record))
-  plot_unseen(rows, out / "unseen.png")
+  name = "unseen" if donors == "test" else "unseen_validation"
+  integrity.write_atomic(out / f"{name}.json", json.dumps(record, indent=2))
+  integrity.write_atomic(out / f"{name}.md", unseen_markdown(record))
+  plot_unseen(rows, out / f"{name}.png")
   return record
 
 
@@ -391,7 +401,8 @@ def donors_markdown(record):
 
 def unseen_markdown(record):
   names = list(record["types"][0]["scores"])
-  lines = [f"Each type left out of a whole run in turn; all cells of the run's held-out donors annotated. "
+  donors = "held-out test" if record.get("donors", "test") == "test" else "validation"
+  lines = [f"Each type left out of a whole run in turn; all cells of the run's {donors} donors annotated. "
            f"Thresholds: annotate's default, one per class keeping {record['keep_known']:.0%} of that class's "
            f"validation cells assigned (CellTypist: no class "
            f"reaches 0.5). Wall time {record['wall_seconds'] / 60:.1f} min.", "",
