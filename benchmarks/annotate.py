@@ -11,7 +11,7 @@ not part of the comparison):
                     seed, donors and signal, so the same cell types; at full size the first 4,000 genes carry only
                     a quarter of a cell's counts, so a model fitted on the default 4,000-gene data would see every
                     normalised value about 4x too small)
-  cardiac_jax model a short anchored training run on it: train.py --config=configs/annotate.py
+  cardiac_jax model a short training run of the annotation model on it: train.py --config=configs/annotate.py
                     --config.train.num_epochs=2 --config.sim.n_cells=20000 --config.sim.n_genes=<genes>
   celltypist model  celltypist.train on all its cells with at least one count, normalised as CellTypist asks
                     (normalize_total to 1e4, log1p), labels 'type', feature_selection=True with top_genes=300 (the
@@ -23,8 +23,8 @@ when configs/annotate.py changes: delete the folder for that).
 Timed, each in its own process under `/usr/bin/time -v` (wall time, peak resident memory), both reading
 query.h5ad and writing an annotated .h5ad:
   cardiac_jax       python annotate.py --workdir=<model> --input=query.h5ad --output=<tmp>.h5ad: X read in row
-                    blocks from disk, the model's 200 genes normalised, anchored sequences, prediction in chunks,
-                    a byte copy of the input written with the annotation added
+                    blocks from disk, the model's 200 genes normalised and the novelty score in the same pass,
+                    prediction in chunks, a byte copy of the input written with the annotation added
   celltypist        as CellTypist's documentation does it: anndata.read_h5ad, sc.pp.normalize_total(target_sum=
                     1e4), sc.pp.log1p, celltypist.annotate(adata, model=<Model>, majority_voting=False),
                     predictions.to_adata().write_h5ad(<tmp>.h5ad)
@@ -182,7 +182,7 @@ def step_stages(args, output):
   import numpy as np
 
   started = time.perf_counter()
-  from cardiac_jax import annotation, predict, preprocess, readers, sequences, workdir
+  from cardiac_jax import annotation, novelty, predict, preprocess, readers, sequences, workdir
 
   import_seconds = time.perf_counter() - started
   timings, kept = {}, {}
@@ -229,9 +229,11 @@ def step_stages(args, output):
 
   timed(workdir, "load", "load the model (restore the checkpoint)")
   timed(readers, "read_h5ad", "open the h5ad backed (obs, var)")
-  timed(preprocess.Preprocessing, "transform", "transform (X in row blocks -> [cells, 200] log expression)")
+  timed(preprocess.Preprocessing, "transform", "transform (X in row blocks -> [cells, 200] log expression, and the "
+        "novelty score in the same pass)")
+  timed(novelty.Novelty, "score_block", "  of which the novelty score (2,000 genes, PCA, nearest reference cells)")
   timed(preprocess.Preprocessing, "embed", "embed (context space)")
-  timed(predict, "query_sequences", "build anchored sequences", keep=True)
+  timed(predict, "query_sequences", "build sequences", keep=True)
   timed(sequences, "nearest", "  of which nearest neighbours")
   timed(sequences, "standardize_and_pad", "  of which standardize_and_pad")
   timed(predict, "predict_logits", "predict (batches of predict.QUERY_BATCH)")
@@ -239,8 +241,8 @@ def step_stages(args, output):
   timed(annotation, "_write_annotated_copy", "write (byte copy of the input + annotation)")
   result, seconds = annotation.annotate_file(paths(args)["model"], paths(args)["query"], output, progress=False)
   rows = [{"stage": "import cardiac_jax", "seconds": round(import_seconds, 2), "calls": 1}]
-  order = ["load the model", "open the h5ad", "transform", "embed", "build", "  of which nearest", "  of which stand",
-           "predict", "  of which compile", "write"]
+  order = ["load the model", "open the h5ad", "transform", "  of which the novelty", "embed", "build",
+           "  of which nearest", "  of which stand", "predict", "  of which compile", "write"]
   rank = lambda label: next((i for i, start in enumerate(order) if label.startswith(start)), len(order))
   rows += [{"stage": label, **timings[label], "seconds": round(timings[label]["seconds"], 2)}
            for label in sorted(timings, key=rank)]
@@ -253,7 +255,7 @@ def step_stages(args, output):
 
   # Prediction alone at other batch sizes (one warm-up call compiles each); logits against the training batch's.
   bundle = workdir.load(paths(args)["model"])
-  first = kept["build anchored sequences"]
+  first = kept["build sequences"]
   rates, logits = {}, {}
   for batch in sorted({bundle.batch_size, 256, 1024, 4096}):
     other = dataclasses.replace(bundle, record={**bundle.record, "batch_size": batch})
