@@ -98,7 +98,7 @@ def test_a_shipped_config_is_found_by_name_from_any_folder(given, tmp_path, monk
   (found,) = [a for a in cli.shipped_configs(["cardiac-jax train", f"--config={given}", "--workdir=w"])
               if a.startswith("--config=")]
   assert found == f"--config={configs.FOLDER / 'annotate.py'}"
-  assert configs.get(given).data.sequence_mode == "cell" and configs.get(given).data.novelty_genes == 2000
+  assert configs.get(given).data.sequence_mode == "anchored" and configs.get(given).data.novelty_genes == 2000
   assert cli.shipped_configs(["x", "--config", given])[2] == str(configs.FOLDER / "annotate.py")
 
 

@@ -31,12 +31,8 @@ PREVIOUS_RECIPE = {"data.input_scaling": "sequence", "data.time_channels": False
 ACCURACY_STOPPING = {"train.early_stopping_metric": "accuracy"}
 NLL_CALIBRATION = dict(ACCURACY_STOPPING, **{"train.calibration_method": "auto"})
 SMALL_NETWORK = {"model.hidden_dim": 32, "model.num_layers": 1, "model.num_heads": 4, "model.head_dims": (32,)}
-# The anchored context (the annotate config before each cell alone became its default) and its ablations.
-ANCHORED = {"data.sequence_mode": "anchored", "model.pooling": "anchor"}
-
-
-def _anchored(overrides=None):
-  return dict(ANCHORED, **(overrides or {}))
+# Each cell alone, one step (the annotate config's no-context ablation).
+CELL_ALONE = {"data.sequence_mode": "cell", "model.pooling": "mean"}
 
 
 # Model rows: id -> (data setting (scale, split unit), method name in the table, config overrides).
@@ -50,33 +46,31 @@ ROWS = {
     "large": (("large", "donor"), "model", {}),
     "split-sequence": (("base", "sequence"), "model", {}),
     "split-cell": (("base", "cell"), "model", {}),
-    # Per-cell annotation (configs/annotate.py is the 'annotate' scale): test metrics per cell. The anchored rows
-    # are the annotate recipe with the anchored context; each of its ablations takes one part of that recipe back
-    # (PREVIOUS_RECIPE: the recipe before gene scaling, time channels and the linear path).
-    "cell-alone": (("annotate", "donor"), "model, each cell alone (annotate config)", {}),
-    "anchored": (("annotate", "donor"), "model, anchored", _anchored()),
-    "anchored-linear-start": (("annotate", "donor"), "model, anchored, early stopping on accuracy, calibration by NLL",
-                              _anchored(NLL_CALIBRATION)),
-    "anchored-time": (("annotate", "donor"), "model, anchored, no linear start, early stopping on accuracy, "
-                      "calibration by NLL", _anchored(dict(NLL_CALIBRATION, **{"train.linear_start": False}))),
-    "anchored-linear-path": (("annotate", "donor"), "model, anchored, no time channels, no linear start, early "
-                             "stopping on accuracy, calibration by NLL",
-                             _anchored(dict(NLL_CALIBRATION, **{"data.time_channels": False,
-                                                                "train.linear_start": False}))),
-    "anchored-gene-scaled": (("annotate", "donor"), "model, anchored, previous recipe with genes scaled",
-                             _anchored(dict(PREVIOUS_RECIPE, **{"data.input_scaling": "gene"}))),
-    "seed-recipe": (("annotate", "donor"), "model, anchored, previous recipe (sequence z-score, no time, no linear "
-                    "path)", _anchored(PREVIOUS_RECIPE)),
-    "anchored-unweighted": (("annotate", "donor"), "model, anchored, unweighted loss",
-                            _anchored({"train.class_weighting": "none"})),
-    "anchored-linear-start-small": (("annotate", "donor"), "model, anchored, hidden 32, 1 LSTM layer, early stopping "
-                                    "on accuracy", _anchored(dict(ACCURACY_STOPPING, **SMALL_NETWORK))),
-    "anchored-no-smoothing": (("annotate", "donor"), "model, anchored, no label smoothing",
-                              _anchored({"train.label_smoothing": 0.0})),
-    "anchored-small": (("annotate", "donor"), "model, anchored, hidden 32, 1 LSTM layer", _anchored(SMALL_NETWORK)),
-    "cell-small": (("annotate", "donor"), "model, each cell alone, hidden 32, 1 LSTM layer", SMALL_NETWORK),
+    # Per-cell annotation (configs/annotate.py is the 'annotate' scale): test metrics per cell. Each ablation
+    # takes one part of the annotate recipe back (PREVIOUS_RECIPE: the recipe before gene scaling, time channels
+    # and the linear path).
+    "anchored": (("annotate", "donor"), "model, anchored (annotate config)", {}),
+    "cell-alone": (("annotate", "donor"), "model, each cell alone (no context)", CELL_ALONE),
+    "cell-small": (("annotate", "donor"), "model, each cell alone, hidden 32, 1 LSTM layer",
+                   dict(CELL_ALONE, **SMALL_NETWORK)),
+    "anchored-linear-start": (("annotate", "donor"), "model, early stopping on accuracy, calibration by NLL",
+                              NLL_CALIBRATION),
+    "anchored-time": (("annotate", "donor"), "model, no linear start, early stopping on accuracy, calibration by NLL",
+                      dict(NLL_CALIBRATION, **{"train.linear_start": False})),
+    "anchored-linear-path": (("annotate", "donor"), "model, no time channels, no linear start, early stopping on "
+                             "accuracy, calibration by NLL",
+                             dict(NLL_CALIBRATION, **{"data.time_channels": False, "train.linear_start": False})),
+    "anchored-gene-scaled": (("annotate", "donor"), "model, previous recipe with genes scaled",
+                             dict(PREVIOUS_RECIPE, **{"data.input_scaling": "gene"})),
+    "seed-recipe": (("annotate", "donor"), "model, previous recipe (sequence z-score, no time, no linear path)",
+                    PREVIOUS_RECIPE),
+    "anchored-unweighted": (("annotate", "donor"), "model, unweighted loss", {"train.class_weighting": "none"}),
+    "anchored-linear-start-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer, early stopping on accuracy",
+                                    dict(ACCURACY_STOPPING, **SMALL_NETWORK)),
+    "anchored-no-smoothing": (("annotate", "donor"), "model, no label smoothing", {"train.label_smoothing": 0.0}),
+    "anchored-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer", SMALL_NETWORK),
     # A small reference: the annotation model trained on SMALL_REFERENCE cells of the training donors.
-    "small-reference": (("annotate-small", "donor"), "model, anchored", _anchored()),
+    "small-reference": (("annotate-small", "donor"), "model, anchored (annotate config)", {}),
 }
 SMALL_REFERENCE = {"split.max_train_cells": 300}
 
