@@ -227,9 +227,9 @@ def annotate(bundle, adata, *, time_key=None, donor_key=None, gene_key=None, nor
       config's, if present; '' for none.
     gene_key: var column of gene names (default var_names); normalization: 'auto' or what X holds.
     unassigned_score, threshold, keep_known, per_class: a cell is 'Unassigned' when its score
-      (unassigned.SCORES; None: the run's default, 'combined' where it has a novelty score; 'none': never) is
-      below `threshold`, by default the threshold of its class that keeps a share `keep_known` of that class's
-      validation cells assigned (per_class=False: one threshold for all cells; unassigned.rule).
+      (unassigned.SCORES; None: unassigned.DEFAULT_SCORE, the energy; 'none': never) is below `threshold`, by
+      default the threshold of its class that keeps a share `keep_known` of that class's validation cells assigned
+      (per_class=False: one threshold for all cells; unassigned.rule).
     alpha: the label sets' error rate: each cell's set holds its type with probability 1 - alpha, for every
       class, where the query's cells are exchangeable with the run's validation cells (conformal.py).
   """

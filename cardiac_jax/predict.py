@@ -4,8 +4,8 @@ Everything that labels cells goes through here, so a cell gets the same label wh
 report and results.json, annotate.py, the trust and suite experiments, interpret.py. A label is the most
 probable class after the run's calibration (calibrate.apply), or 'Unassigned' where the run's rule says so
 (unassigned.py: by default, for per-cell runs, the score below the threshold of the cell's class that keeps 95%
-of that class's validation cells assigned; the default score reads each cell's whole-transcriptome novelty score
-too, novelty.py, where the run has one). Each cell also gets its label set (conformal.py). Metrics are elsewhere
+of that class's validation cells assigned; the scores 'novelty' and 'combined' read each cell's whole-transcriptome
+novelty score, novelty.py). Each cell also gets its label set (conformal.py). Metrics are elsewhere
 (metrics.py); training's own validation uses its eval step.
 """
 
@@ -25,8 +25,8 @@ from cardiac_jax.workdir import CALIBRATION, best_checkpoint
 
 # Cells whose sequences are built and predicted at a time when labelling a query (bounds memory at atlas
 # size), and sequences per forward pass there (the logits of a sequence do not depend on its batch): QUERY_BATCH,
-# or for short sequences as many as make QUERY_STEPS steps (one-step sequences: 1,024; measured in
-# benchmarks/README.md).
+# or for short sequences as many as make QUERY_STEPS steps (one-step sequences go 1,024 at a time: a forward pass
+# over 256 of them is too small to keep both cores busy).
 QUERY_CHUNK = 20_000
 QUERY_BATCH = 256
 QUERY_STEPS = 1024
