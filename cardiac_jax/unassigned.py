@@ -97,16 +97,10 @@ def score(name, calibrated, novelty=None, record=None):
   return combined(calibrated, novelty, record)
 
 
-def _scores_on(calibrated, novelty):
-  """The names of the scores a run's validation cells have: the logits' alone, or all with novelty scores."""
-  return SCORES if novelty is not None else tuple(LOGIT_SCORES)
-
-
-def validation_quantiles(calibrated, novelty=None, record=None):
-  """{score name: the QUANTILES of that score} over validation cells' calibrated logits [n, classes] (and their
-  novelty scores [n], and the record with the per-class quantiles 'combined' reads)."""
-  return {name: np.quantile(score(name, calibrated, novelty, record), QUANTILES).tolist()
-          for name in _scores_on(calibrated, novelty)}
+def validation_quantiles(calibrated):
+  """{score name: the QUANTILES of that score} over validation cells' calibrated logits [n, classes], for the
+  scores of the logits alone (LOGIT_SCORES)."""
+  return {name: np.quantile(score(name, calibrated), QUANTILES).tolist() for name in LOGIT_SCORES}
 
 
 def _class_quantiles(values, labels, n_classes):
@@ -115,30 +109,30 @@ def _class_quantiles(values, labels, n_classes):
           for c in range(n_classes)]
 
 
-def validation_quantiles_by_class(calibrated, labels, novelty=None, record=None):
+def validation_quantiles_by_class(calibrated, labels):
   """{score name: per class, the QUANTILES of the score over the validation cells of that class (None for a class
-  with fewer than MIN_CLASS_CELLS of them)} of validation cells' calibrated logits [n, classes] and labels [n]."""
-  return {name: _class_quantiles(score(name, calibrated, novelty, record), np.asarray(labels), np.shape(calibrated)[1])
-          for name in _scores_on(calibrated, novelty)}
+  with fewer than MIN_CLASS_CELLS of them)} of validation cells' calibrated logits [n, classes] and labels [n], for
+  LOGIT_SCORES."""
+  return {name: _class_quantiles(score(name, calibrated), np.asarray(labels), np.shape(calibrated)[1])
+          for name in LOGIT_SCORES}
 
 
 def fitted_calibration(val_logits, val_labels, method="auto", val_novelty=None):
   """A run's calibration record: calibrate.fit (`method`: a name in calibrate.CHOICES) on the validation logits
-  [n, classes] and labels [n], with the validation quantiles of every score under the chosen map (and of the
-  novelty scores [n] `val_novelty`, if the run has them), over all validation cells ('val_score_quantiles') and
-  per class ('val_score_quantiles_by_class'), and each validation cell's nonconformity by class for label sets
-  ('val_nonconformity_by_class', conformal.py)."""
+  [n, classes] and labels [n], with the validation quantiles of every score under the chosen map (with the
+  novelty scores [n] `val_novelty`, if the run has them, those of 'novelty' and 'combined' too), over all
+  validation cells ('val_score_quantiles') and per class ('val_score_quantiles_by_class'), and each validation
+  cell's nonconformity by class for label sets ('val_nonconformity_by_class', conformal.py)."""
   record = calibrate.fit(val_logits, val_labels, method)
   calibrated = calibrate.apply(record, val_logits)
   record["val_score_quantiles"] = validation_quantiles(calibrated)
   record["val_score_quantiles_by_class"] = validation_quantiles_by_class(calibrated, val_labels)
-  if val_novelty is not None:  # 'combined' reads the energy's and the novelty's quantiles, so these come first
-    values = np.asarray(val_novelty, np.float64)
-    record["val_score_quantiles"][NOVELTY] = np.quantile(values, QUANTILES).tolist()
-    record["val_score_quantiles_by_class"][NOVELTY] = _class_quantiles(values, np.asarray(val_labels),
-                                                                       np.shape(val_logits)[1])
-    record["val_score_quantiles"] = validation_quantiles(calibrated, values, record)
-    record["val_score_quantiles_by_class"] = validation_quantiles_by_class(calibrated, val_labels, values, record)
+  if val_novelty is not None:
+    for name in (NOVELTY, COMBINED):  # 'combined' reads the energy's and the novelty's quantiles: in this order
+      values = score(name, calibrated, val_novelty, record)
+      record["val_score_quantiles"][name] = np.quantile(values, QUANTILES).tolist()
+      record["val_score_quantiles_by_class"][name] = _class_quantiles(values, np.asarray(val_labels),
+                                                                      np.shape(val_logits)[1])
   record["val_nonconformity_by_class"] = conformal.calibration_scores(
       calibrate.softmax(calibrated), val_labels, np.shape(val_logits)[1])
   return record
