@@ -30,7 +30,15 @@ PREVIOUS_RECIPE = {"data.input_scaling": "sequence", "data.time_channels": False
                    "train.early_stopping_metric": "accuracy"}
 ACCURACY_STOPPING = {"train.early_stopping_metric": "accuracy"}
 NLL_CALIBRATION = dict(ACCURACY_STOPPING, **{"train.calibration_method": "auto"})
-SMALL_NETWORK = {"model.hidden_dim": 32, "model.num_layers": 1, "model.num_heads": 4, "model.head_dims": (32,)}
+
+
+def network(hidden, layers):
+  """Overrides for a network of LSTM width `hidden` and `layers` layers (4 attention heads, one head layer as wide
+  as the LSTM): the sizes the annotation model's size is chosen among (configs/default.py: 128 wide, 3 layers)."""
+  return {"model.hidden_dim": hidden, "model.num_layers": layers, "model.num_heads": 4, "model.head_dims": (hidden,)}
+
+
+SMALL_NETWORK = network(32, 1)
 # Each cell alone, one step (the annotate config's no-context ablation).
 CELL_ALONE = {"data.sequence_mode": "cell", "model.pooling": "mean"}
 
@@ -69,6 +77,8 @@ ROWS = {
                                     dict(ACCURACY_STOPPING, **SMALL_NETWORK)),
     "anchored-no-smoothing": (("annotate", "donor"), "model, no label smoothing", {"train.label_smoothing": 0.0}),
     "anchored-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer", SMALL_NETWORK),
+    "anchored-64x1": (("annotate", "donor"), "model, hidden 64, 1 LSTM layer", network(64, 1)),
+    "anchored-64x2": (("annotate", "donor"), "model, hidden 64, 2 LSTM layers", network(64, 2)),
     # A small reference: the annotation model trained on SMALL_REFERENCE cells of the training donors.
     "small-reference": (("annotate-small", "donor"), "model, anchored (annotate config)", {}),
 }
