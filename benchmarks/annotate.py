@@ -30,7 +30,8 @@ query.h5ad and writing an annotated .h5ad:
                     predictions.to_adata().write_h5ad(<tmp>.h5ad)
   stages            (not in the default --steps) annotate.py's library call, annotation.annotate_file, with the
                     functions it calls wrapped to add up their seconds and note the peak memory so far: where the
-                    time and memory go; then prediction alone at other batch sizes
+                    time and memory go; then prediction alone at other batch sizes, and the context, sequences
+                    and prediction again with and without the next chunk's sequences built while one is predicted
 
 After the timed steps (not timed) each output's labels are compared with the simulation's true types, to show
 both annotated something sensible; the outputs are then deleted. Prints a markdown table and writes every
@@ -182,7 +183,7 @@ def step_stages(args, output):
   import numpy as np
 
   started = time.perf_counter()
-  from cardiac_jax import annotation, novelty, predict, preprocess, readers, sequences, workdir
+  from cardiac_jax import annotation, novelty, predict, preprocess, readers, workdir
 
   import_seconds = time.perf_counter() - started
   timings, kept = {}, {}
@@ -232,17 +233,17 @@ def step_stages(args, output):
   timed(preprocess.Preprocessing, "transform", "transform (X in row blocks -> [cells, 200] log expression, and the "
         "novelty score in the same pass)")
   timed(novelty.Novelty, "score_block", "  of which the novelty score (2,000 genes, PCA, nearest reference cells)")
-  timed(preprocess.Preprocessing, "embed", "embed (context space)")
-  timed(predict, "query_sequences", "build sequences", keep=True)
-  timed(sequences, "nearest", "  of which nearest neighbours")
-  timed(sequences, "standardize_and_pad", "  of which standardize_and_pad")
+  timed(predict, "query_context", "find each cell's context (embed, nearest neighbours per donor and day)")
+  timed(predict, "query_sequences", "build sequences from the context", keep=True)
   timed(predict, "predict_logits", "predict (batches of predict.QUERY_BATCH)")
   predict.make_predict_fn = timed_predict_fn(predict.make_predict_fn)
   timed(annotation, "_write_annotated_copy", "write (byte copy of the input + annotation)")
+  cell_logits, calls = predict.predict_cell_logits, []
+  predict.predict_cell_logits = lambda *a, **k: calls.append((a, k)) or cell_logits(*a, **k)
   result, seconds = annotation.annotate_file(paths(args)["model"], paths(args)["query"], output, progress=False)
   rows = [{"stage": "import cardiac_jax", "seconds": round(import_seconds, 2), "calls": 1}]
-  order = ["load the model", "open the h5ad", "transform", "  of which the novelty", "embed", "build",
-           "  of which nearest", "  of which stand", "predict", "  of which compile", "write"]
+  order = ["load the model", "open the h5ad", "transform", "  of which the novelty", "find", "build", "predict",
+           "  of which compile", "write"]
   rank = lambda label: next((i for i, start in enumerate(order) if label.startswith(start)), len(order))
   rows += [{"stage": label, **timings[label], "seconds": round(timings[label]["seconds"], 2)}
            for label in sorted(timings, key=rank)]
@@ -255,7 +256,7 @@ def step_stages(args, output):
 
   # Prediction alone at other batch sizes (one warm-up call compiles each); logits against the training batch's.
   bundle = workdir.load(paths(args)["model"])
-  first = kept["build sequences"]
+  first = kept["build sequences from the context"]
   rates, logits = {}, {}
   for batch in sorted({bundle.batch_size, 256, 1024, 4096}):
     other = dataclasses.replace(bundle, record={**bundle.record, "batch_size": batch})
@@ -266,9 +267,22 @@ def step_stages(args, output):
     rates[batch] = round(len(first) / (time.perf_counter() - t0), 1)
     print(f"    predict at batch {batch}: {rates[batch]:,.0f} sequences/s", file=sys.stderr, flush=True)
   differences = {b: float(np.abs(v - logits[bundle.batch_size]).max()) for b, v in logits.items()}
+
+  # Context, sequences and prediction of the whole query again, building the next chunk's sequences while XLA
+  # predicts one (predict.PREFETCH 1) or not (0), alternating, two rounds.
+  (args_, kwargs), = calls
+  overlap = {0: [], 1: []}
+  for _ in range(2):
+    for prefetch in overlap:
+      predict.PREFETCH = prefetch
+      t0 = time.perf_counter()
+      cell_logits(*args_, **dict(kwargs, progress=False))
+      overlap[prefetch].append(round(time.perf_counter() - t0, 2))
+      print(f"    context, sequences and prediction, {prefetch} chunk(s) built ahead: {overlap[prefetch][-1]:.1f} s",
+            file=sys.stderr, flush=True)
   return {"cells": len(result.labels), "annotate_file_seconds": round(seconds, 2), "stages": rows,
           "sequences_per_s_by_batch": rates, "max_abs_logit_difference_by_batch": differences,
-          "training_batch_size": bundle.batch_size}
+          "training_batch_size": bundle.batch_size, "seconds_by_chunks_built_ahead": overlap}
 
 
 # ---- the parent process ----
@@ -462,6 +476,9 @@ def main():
           print(f"      {stage['stage']}: {stage['seconds']} s{calls}{peak}")
         if row.get("detail", {}).get("sequences_per_s_by_batch"):
           print(f"      prediction alone, sequences/s by batch size: {row['detail']['sequences_per_s_by_batch']}")
+        if row.get("detail", {}).get("seconds_by_chunks_built_ahead"):
+          print(f"      context, sequences and prediction, s by chunks built ahead: "
+                f"{row['detail']['seconds_by_chunks_built_ahead']}")
   finally:
     shutil.rmtree(scratch, ignore_errors=True)
   results["other_processes_at_end"] = others()

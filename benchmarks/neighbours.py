@@ -6,9 +6,11 @@ context pool (sequences.CONTEXT_POOL), and what the cap does to the labels.
 The annotate config's cells (all splits) in their context space (the training cells' PCA, 20 components) are
 repeated `copies` times, each copy moved by N(0, 1e-3) noise so that no two points tie, as a donor's cells grow.
 The pool of one day (day 7) is searched for the 5 nearest of every cell of the other days, as
-`sequences.anchored_sequences` does for each donor and day: the whole pool (exact, scikit-learn's ball tree,
-`sequences.nearest`) against the pool capped at CONTEXT_POOL cells (`sequences.content_sample`, then the same
-search). Prints the wall times and the share of cells whose neighbour set the cap changes.
+`sequences.context_neighbours` does for each donor and day: the whole pool through scikit-learn's ball tree
+(exact, float64), the pool capped at CONTEXT_POOL cells (`sequences.content_sample`) through the same tree, and
+the capped pool through `neighbours.nearest` (float32 distances in XLA, candidates re-ranked in float64; what
+annotate uses). Prints the wall times, the share of cells whose neighbour set the cap changes, and the share
+whose neighbours (in order) differ between the tree and neighbours.nearest on the same capped pool.
 
 With --workdir (a run of the annotate config), the repeated cells of the run's data, with their days and donors,
 are also labelled as annotate labels a query (`predict.predict_cell_logits`), with the cap and without it, and
@@ -20,7 +22,9 @@ import time
 import numpy as np
 from absl import app, flags, logging
 
-from cardiac_jax import configs, dataset, predict, sequences
+from sklearn.neighbors import BallTree
+
+from cardiac_jax import configs, dataset, neighbours, predict, sequences
 from cardiac_jax import workdir as rundir
 
 flags.DEFINE_list("copies", ["1", "2", "4"], "How many times the cells are repeated.")
@@ -33,13 +37,17 @@ UNCAPPED = 10**12
 
 def _timed(search):
   started = time.perf_counter()
-  found = np.sort(search(), 1)
+  found = search()
   return found, time.perf_counter() - started
 
 
-def _capped(pool, query):
+def _tree(pool, query):
+  return BallTree(pool.astype(np.float64)).query(query.astype(np.float64), k=FLAGS.k)[1]
+
+
+def _capped(search, pool, query):
   kept = sequences.content_sample(pool, sequences.CONTEXT_POOL)
-  return kept[sequences.nearest(query, pool[kept], FLAGS.k)]
+  return kept[search(pool[kept], query)]
 
 
 def _top_classes(bundle, x, times, groups, cap):
@@ -55,19 +63,22 @@ def main(argv):
   for split in data.splits.values():
     times[split.anchor_cells] = split.anchor_times
   rng = np.random.default_rng(0)
-  print(f"| copies | pool cells | query cells | whole pool s | pool capped at {sequences.CONTEXT_POOL:,} s | "
-        "neighbour sets changed by the cap |")
-  print("|---|---|---|---|---|---|")
+  print(f"| copies | pool cells | query cells | ball tree, whole pool s | ball tree, capped at "
+        f"{sequences.CONTEXT_POOL:,} s | neighbours.nearest, capped s | neighbour sets changed by the cap | "
+        "neighbours differing, tree / nearest |")
+  print("|---|---|---|---|---|---|---|---|")
   for copies in map(int, FLAGS.copies):
     points = np.repeat(embedding, copies, 0)
     points += rng.normal(scale=1e-3, size=points.shape).astype(np.float32)
     days = np.repeat(times, copies)
     pool, query = points[days == POOL_DAY], points[days != POOL_DAY]
-    whole, whole_s = _timed(lambda: sequences.nearest(query, pool, FLAGS.k))
-    capped, capped_s = _timed(lambda: _capped(pool, query))
-    changed = float((whole != capped).any(1).mean())
-    print(f"| {copies} | {len(pool):,} | {len(query):,} | {whole_s:.2f} | {capped_s:.2f} | {changed:.1%} |",
-          flush=True)
+    whole, whole_s = _timed(lambda: _tree(pool, query))
+    tree, tree_s = _timed(lambda: _capped(_tree, pool, query))
+    fast, fast_s = _timed(lambda: _capped(lambda r, q: neighbours.nearest(q, r, FLAGS.k)[0], pool, query))
+    changed = float((np.sort(whole, 1) != np.sort(tree, 1)).any(1).mean())
+    differing = float((tree != fast).any(1).mean())
+    print(f"| {copies} | {len(pool):,} | {len(query):,} | {whole_s:.2f} | {tree_s:.2f} | {fast_s:.2f} | "
+          f"{changed:.1%} | {differing:.3%} |", flush=True)
   if FLAGS.workdir:
     bundle = rundir.load(FLAGS.workdir)
     adata, _ = dataset.load(bundle.config)

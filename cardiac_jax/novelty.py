@@ -4,8 +4,8 @@ A type missing from the reference is not among the classifier's genes (chosen wi
 classifier's logits hardly see its programme. `fit` learns, from the training cells alone, a wider view: the
 `N_GENES` most variable genes (Seurat v3 on counts), each standardised as the training cells', a PCA of them,
 and a seeded sample of training cells in that PCA as the reference. A cell is unlike the training cells in two
-ways, and the score reads both: far from its `K` nearest reference cells within the PCA (scikit-learn's
-nearest-neighbour search), or expressing many genes above what almost any training cell does (the count of
+ways, and the score reads both: far from its `K` nearest reference cells within the PCA (an exact
+search, neighbours.py), or expressing many genes above what almost any training cell does (the count of
 genes above their training `UPPER` quantile: a programme no training type runs raises genes that vary little
 in training, which distances in a PCA of the training cells barely see, and a strong programme shrinks every
 other gene's normalised value, which the count does not mistake for likeness). Each is standardised by its mean
@@ -18,9 +18,8 @@ classifier's score.
 import dataclasses
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
-from cardiac_jax import preprocess
+from cardiac_jax import neighbours, preprocess
 
 # The most variable genes the score reads, the PCA's components, the reference cells kept, the neighbours the
 # distance is averaged over. Chosen on the validation donors of the built-in data with each type left out of the
@@ -71,11 +70,11 @@ class Novelty:
     K nearest reference cells within the PCA, and how many genes it expresses above their `upper` value."""
     if not len(log_x):
       return np.zeros((0, 2), np.float32)
-    index = NearestNeighbors(n_neighbors=min(K, len(self.reference)), algorithm="brute").fit(self.reference)
     out = []
     for lo in range(0, len(log_x), BLOCK):
       block = log_x[lo : lo + BLOCK]
-      out.append(np.stack([index.kneighbors(self.embed(block))[0].mean(1), (block > self.upper).sum(1)], 1))
+      near = neighbours.nearest(self.embed(block), self.reference, K)[1].mean(1)
+      out.append(np.stack([near, (block > self.upper).sum(1)], 1))
     return np.concatenate(out).astype(np.float32)
 
   def score(self, log_x):

@@ -9,10 +9,12 @@ novelty score, novelty.py). Each cell also gets its label set (conformal.py). Me
 (metrics.py); training's own validation uses its eval step.
 """
 
+import concurrent.futures
 import dataclasses
 from typing import Any
 
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 from cardiac_jax import batches as batching
@@ -20,7 +22,7 @@ from cardiac_jax import calibrate, conformal, integrity, parallel, unassigned
 from cardiac_jax.dataset import gene_scaling, model_inputs
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.model import predict_step
-from cardiac_jax.sequences import MODES, anchored_sequences, cell_sequences
+from cardiac_jax.sequences import MODES, cell_sequences, context_neighbours, sequences_with_context
 from cardiac_jax.workdir import CALIBRATION, best_checkpoint
 
 # Cells whose sequences are built and predicted at a time when labelling a query (bounds memory at atlas
@@ -30,6 +32,8 @@ from cardiac_jax.workdir import CALIBRATION, best_checkpoint
 QUERY_CHUNK = 20_000
 QUERY_BATCH = 256
 QUERY_STEPS = 1024
+# Chunks whose sequences are built ahead of the one being predicted (on another thread).
+PREFETCH = 1
 
 
 def make_predict_fn(apply_fn, data_parallel=None):
@@ -160,43 +164,56 @@ def check_can_annotate(bundle):
         "--config.data.sequence_mode=cell to annotate new cells")
 
 
-def query_sequences(bundle, x, embedding, times, cells, groups=None):
-  """The model's sequences for `cells` of a query (per-cell modes only), context from the whole query.
+def query_context(bundle, x, times, groups=None):
+  """[cells, n_times, k] int32 context cells of every cell of a query (`sequences.context_neighbours`, the whole
+  query as the pool: each cell's own donor where `groups` [cells] is given), or None for a run without context."""
+  if not MODES[bundle.sequence_mode].context:
+    return None
+  logging.info("context: the %d nearest cells of each of %s cells at every other day%s", bundle.config.data.context_k,
+               f"{len(x):,}", " of its donor" if groups is not None else "")
+  return context_neighbours(bundle.preprocessing.embed(x), times, np.arange(len(x)), np.arange(len(x)),
+                            n_times=len(bundle.time_points), k=bundle.config.data.context_k, groups=groups)
+
+
+def query_sequences(bundle, x, times, cells, context=None):
+  """The model's sequences for `cells` of a query (per-cell modes only).
 
   Args:
-    x: [cells, genes] log expression of the query (`Preprocessing.transform`); embedding: its context space.
-    times: [cells] time-point indices; cells: rows to build sequences for; groups: [cells] donor, or None.
+    x: [cells, genes] log expression of the query (`Preprocessing.transform`); times: [cells] time-point indices;
+    cells: rows to build sequences for; context: the query's `query_context` (None for a run without context).
   """
   data, n_times = bundle.config.data, len(bundle.time_points)
   scaling = gene_scaling(bundle.config, bundle.preprocessing)
-  if not MODES[bundle.sequence_mode].context:  # one step each: no padding to build and carry
+  if context is None:  # one step each: no padding to build and carry
     sequences = cell_sequences(x, times, cells, max_len=1, gene_scaling=scaling)
   else:
-    sequences = anchored_sequences(x, embedding, times, cells, np.arange(len(x)), n_times=n_times,
-                                   k=data.context_k, max_len=data.max_len, groups=groups, gene_scaling=scaling)
+    sequences = sequences_with_context(x, times, cells, context[cells], max_len=data.max_len, gene_scaling=scaling)
   return model_inputs(bundle.config, sequences, x.shape[1], n_times)
 
 
 def predict_cell_logits(bundle, x, times, groups=None, progress=True, data_parallel=None):
-  """[cells, classes] float32 logits of every cell of a query (a per-cell run: check_can_annotate), `QUERY_CHUNK`
-  cells at a time.
+  """[cells, classes] float32 logits of every cell of a query (a per-cell run: check_can_annotate): each cell's
+  context found once (`query_context`), then sequences built and predicted `QUERY_CHUNK` cells at a time.
 
   Args:
     x: [cells, genes] the query's log expression (`Preprocessing.transform`); times: [cells] time indices;
     groups: [cells] donor of each cell (context then comes from the cell's own donor), or None.
     data_parallel: the parallel.DataParallel whose devices share each batch (default: every device).
   """
-  embedding = bundle.preprocessing.embed(x) if MODES[bundle.sequence_mode].context else None
-  if groups is not None:
-    groups = np.unique(np.asarray(groups), return_inverse=True)[1]  # codes once, not once per chunk
+  context = query_context(bundle, x, times, groups)
   predict_fn = make_predict_fn(bundle.apply_fn, data_parallel)
   out = np.zeros((len(x), len(bundle.classes)), np.float32)
+  chunks = [np.arange(lo, min(lo + QUERY_CHUNK, len(x))) for lo in range(0, len(x), QUERY_CHUNK)]
   bar = tqdm(total=len(x), desc="annotating", unit="cells", disable=None if progress else True, leave=False)
-  for lo in range(0, len(x), QUERY_CHUNK):
-    cells = np.arange(lo, min(lo + QUERY_CHUNK, len(x)))
-    sequences = query_sequences(bundle, x, embedding, times, cells, groups)
-    batch_size = max(QUERY_BATCH, QUERY_STEPS // batching.used_steps(sequences))
-    out[cells] = predict_logits(bundle, sequences, predict_fn, min(batch_size, len(x)))
-    bar.update(len(cells))
+  with concurrent.futures.ThreadPoolExecutor(1) as builder:  # the next chunk's sequences while XLA predicts
+    built = [builder.submit(query_sequences, bundle, x, times, cells, context) for cells in chunks[:PREFETCH]]
+    for i, cells in enumerate(chunks):
+      if i + PREFETCH < len(chunks):
+        built.append(builder.submit(query_sequences, bundle, x, times, chunks[i + PREFETCH], context))
+      sequences = built[i].result()
+      built[i] = None
+      batch_size = max(QUERY_BATCH, QUERY_STEPS // batching.used_steps(sequences))
+      out[cells] = predict_logits(bundle, sequences, predict_fn, min(batch_size, len(x)))
+      bar.update(len(cells))
   bar.close()
   return out

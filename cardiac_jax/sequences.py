@@ -18,8 +18,8 @@ import dataclasses
 import json
 
 import numpy as np
-from sklearn.neighbors import BallTree
 
+from cardiac_jax import neighbours
 from cardiac_jax.errors import DataError
 
 # Visium's hexagonal grid: a spot's six neighbours as (array_row, array_col) offsets.
@@ -154,8 +154,11 @@ def scaled_and_padded(steps, lengths, max_len, gene_scaling=None):
   mean, scale = gene_scaling
   n, width, genes = steps.shape
   out = np.zeros((n, max_len, genes), np.float32)
-  scaled = np.clip((steps - mean) / scale, -GENE_CLIP, GENE_CLIP)
-  out[:, :width] = np.where(valid_steps(lengths, width)[:, :, None], scaled, 0)
+  scaled = out[:, :width]  # a view: scaled in place, one pass each
+  np.subtract(steps, mean, out=scaled)
+  scaled /= scale
+  np.clip(scaled, -GENE_CLIP, GENE_CLIP, out=scaled)
+  scaled[~valid_steps(lengths, width)] = 0
   return out
 
 
@@ -285,11 +288,86 @@ def content_sample(points, size):
   return np.sort(np.argsort(key, kind="stable")[:size])
 
 
-def nearest(query, reference, k):
-  """[len(query), min(k, len(reference))] rows of `reference` nearest to each query row (Euclidean), nearest first:
-  exact, through scikit-learn's ball tree."""
-  k = min(k, len(reference))
-  return BallTree(np.asarray(reference, np.float64)).query(np.asarray(query, np.float64), k=k)[1]
+def context_neighbours(embedding, times, anchors, pool, *, n_times, k, groups=None):
+  """Each anchor's context: its k nearest pool cells at every other time point, in `embedding` space.
+
+  The pool is `pool`, restricted to the anchor's group (e.g. its donor's time course) when `groups` is given, and
+  at each time point to at most CONTEXT_POOL of its cells (`content_sample`); the search is exact
+  (neighbours.nearest: nearest first, ties to the lower row).
+
+  Args:
+    embedding: [cells, d] float32 coordinates; times: [cells] int time-point index of each cell (0..n_times-1).
+    anchors: [n] rows of the cells to give a context; pool: [m] rows that may serve as context.
+    n_times: number of time points; k: neighbours per time point; groups: [cells] group of each cell, or None.
+
+  Returns:
+    [n, n_times, k] int32 rows of x, nearest first; -1 at the anchor's own time point, at time points where its
+    pool has no cells, and beyond a pool's size where it holds fewer than k.
+  """
+  anchors = np.asarray(anchors, np.int64)
+  pool = np.asarray(pool, np.int64)
+  group_of = np.zeros(len(times), np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
+  out = np.full((len(anchors), n_times, k), -1, np.int32)
+  anchor_time = times[anchors]
+  for g in np.unique(group_of[anchors]):
+    members = np.flatnonzero(group_of[anchors] == g)
+    context = pool[group_of[pool] == g]
+    for t in np.unique(times[context]):
+      reference = context[times[context] == t]
+      reference = reference[content_sample(embedding[reference], CONTEXT_POOL)]
+      need = members[anchor_time[members] != t]
+      if len(need):
+        rows = neighbours.nearest(embedding[anchors[need]], embedding[reference], k)[0]
+        out[need, t, : rows.shape[1]] = reference[rows]
+  return out
+
+
+def _mean_of_rows(x, rows):
+  """[n, genes] float32 mean of x over the rows [n, k] of each (-1: none; at least one row each)."""
+  if (rows >= 0).all():
+    return x[rows].mean(1)
+  valid = rows >= 0
+  return (x[np.maximum(rows, 0)] * valid[..., None]).sum(1) / valid.sum(1)[:, None]
+
+
+def sequences_with_context(x, times, anchors, context, *, max_len, labels=None, gene_scaling=None):
+  """One sequence per anchor from its context (`context_neighbours`): anchored_sequences' second half.
+
+  Args:
+    x: [cells, genes] log expression; times: [cells] time-point indices; anchors: [n] rows of x.
+    context: [n, n_times, k] int rows of each anchor's context cells (-1: none), as context_neighbours gives.
+    max_len: padded length; labels: [cells] int class ids or None (-1); gene_scaling: as in anchored_sequences.
+
+  Returns:
+    Sequences in the order of `anchors`: x [n, max_len, genes + 1] (scaled genes, then the anchor channel).
+  """
+  anchors = np.asarray(anchors, np.int64)
+  n, n_times, genes = len(anchors), context.shape[1], x.shape[1]
+  anchor_time = times[anchors]
+  present = context[:, :, 0] >= 0
+  present[np.arange(n), anchor_time] = True
+  lengths = present.sum(1).astype(np.int32)
+  order = np.argsort(~present, axis=1, kind="stable")  # each sequence's time points, present ones first, in order
+  valid = valid_steps(lengths, n_times)
+  step_times = np.where(valid, order, -1)
+  steps = np.zeros((n, n_times, genes), np.float32)
+  ids = np.full((n, max_len), -1, np.int64)
+  for j in range(n_times):  # the j-th step of every sequence: its anchor, or the mean of its context cells
+    at_anchor = valid[:, j] & (step_times[:, j] == anchor_time)
+    steps[at_anchor, j] = x[anchors[at_anchor]]
+    ids[at_anchor, j] = anchors[at_anchor]
+    rows = np.flatnonzero(valid[:, j] & ~at_anchor)
+    near = context[rows, step_times[rows, j]]
+    steps[rows, j] = _mean_of_rows(x, near)
+    ids[rows, j] = near[:, 0]
+  anchor_step = (present & (np.arange(n_times)[None, :] < anchor_time[:, None])).sum(1)
+  out = np.zeros((n, max_len, genes + 1), np.float32)
+  out[:, :, :genes] = scaled_and_padded(steps, lengths, max_len, gene_scaling)
+  out[np.arange(n), anchor_step, genes] = 1.0
+  return Sequences(
+      x=out, lengths=lengths, labels=_labels_of(labels, anchors), cell_ids=ids,
+      spatial=np.zeros(n, bool), anchor=anchor_step.astype(np.int32), times=_padded_times(step_times, max_len),
+  )
 
 
 def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_len, labels=None, groups=None,
@@ -298,9 +376,9 @@ def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_le
 
   For an anchor at time point t, the sequence has a step for every time point where the anchor's context pool
   has cells (and for t), in time order: at t the anchor itself, at any other time point the mean expression of
-  the anchor's k nearest pool cells of that time point in `embedding` space. The pool is `pool`, restricted to
-  the anchor's group (e.g. its donor's time course) when `groups` is given, and at each time point to at most
-  CONTEXT_POOL of its cells (`content_sample`). A last input channel is 1 at the anchor's step.
+  the anchor's k nearest pool cells of that time point in `embedding` space (`context_neighbours`: the pool is
+  `pool`, restricted to the anchor's group when `groups` is given, and capped at CONTEXT_POOL cells a time
+  point). A last input channel is 1 at the anchor's step.
 
   Args:
     x: [cells, genes] log expression; embedding: [cells, d] coordinates to find neighbours in.
@@ -311,48 +389,11 @@ def anchored_sequences(x, embedding, times, anchors, pool, *, n_times, k, max_le
     gene_scaling: (mean, scale) [genes] for per-gene scaling, or None (per-sequence z-score; `scaled_and_padded`).
 
   Returns:
-    Sequences in the order of `anchors`: x [n, max_len, genes + 1] (scaled genes, then the anchor channel).
+    Sequences in the order of `anchors`: x [n, max_len, genes + 1] (scaled genes, then the anchor channel);
+    cell_ids at a context step: the nearest of the cells averaged there.
   """
-  anchors = np.asarray(anchors, np.int64)
-  pool = np.asarray(pool, np.int64)
-  n, genes = len(anchors), x.shape[1]
-  group_of = np.zeros(len(x), np.int64) if groups is None else np.unique(np.asarray(groups), return_inverse=True)[1]
-  steps = np.zeros((n, n_times, genes), np.float32)
-  ids = np.full((n, n_times), -1, np.int64)
-  present = np.zeros((n, n_times), bool)
-  anchor_time = times[anchors]
-  steps[np.arange(n), anchor_time] = x[anchors]
-  ids[np.arange(n), anchor_time] = anchors
-  present[np.arange(n), anchor_time] = True
-  for g in np.unique(group_of[anchors]):
-    members = np.flatnonzero(group_of[anchors] == g)
-    context = pool[group_of[pool] == g]
-    for t in np.unique(times[context]):
-      reference = context[times[context] == t]
-      reference = reference[content_sample(embedding[reference], CONTEXT_POOL)]
-      need = members[anchor_time[members] != t]
-      if not len(need):
-        continue
-      near = reference[nearest(embedding[anchors[need]], embedding[reference], k)]  # [len(need), k]
-      steps[need, t] = x[near].mean(1)
-      ids[need, t] = near[:, 0]
-      present[need, t] = True
-  # Compress each sequence to the time points it has, in order, padding at the end.
-  order = np.argsort(~present, axis=1, kind="stable")
-  lengths = present.sum(1).astype(np.int32)
-  steps = np.take_along_axis(steps, order[:, :, None], 1)
-  ids = np.where(valid_steps(lengths, n_times), np.take_along_axis(ids, order, 1), -1)
-  step_times = np.where(valid_steps(lengths, n_times), order, -1)
-  anchor_step = (present[np.arange(n)[:, None], np.arange(n_times)[None, :]] & (np.arange(n_times)[None, :] < anchor_time[:, None])).sum(1)
-  padded_ids = np.full((n, max_len), -1, np.int64)
-  padded_ids[:, :n_times] = ids
-  out = np.zeros((n, max_len, genes + 1), np.float32)
-  out[:, :, :genes] = scaled_and_padded(steps, lengths, max_len, gene_scaling)
-  out[np.arange(n), anchor_step, genes] = 1.0
-  return Sequences(
-      x=out, lengths=lengths, labels=_labels_of(labels, anchors), cell_ids=padded_ids,
-      spatial=np.zeros(n, bool), anchor=anchor_step.astype(np.int32), times=_padded_times(step_times, max_len),
-  )
+  context = context_neighbours(embedding, times, anchors, pool, n_times=n_times, k=k, groups=groups)
+  return sequences_with_context(x, times, anchors, context, max_len=max_len, labels=labels, gene_scaling=gene_scaling)
 
 
 def class_centroids(x, labels, n_classes):

@@ -164,6 +164,19 @@ def test_shuffled_genes_and_cells_give_the_same_labels(run):
   assert "cardiac_jax_label" not in query.obs  # annotate returns a copy
 
 
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_chunks_built_ahead_or_not_give_the_logits_of_one_chunk(run, monkeypatch, prefetch):
+  """Each cell's context is found once over the whole query; sequences are then built and predicted a chunk at a
+  time (the next chunk's on another thread while one is predicted, with predict.PREFETCH)."""
+  root, _, _, query = run
+  bundle = rundir.load(root / "run")
+  whole = annotation.annotate(bundle, query, progress=False).logits
+  monkeypatch.setattr(predict, "QUERY_CHUNK", 37)
+  monkeypatch.setattr(predict, "PREFETCH", prefetch)
+  assert len(query) > 3 * 37
+  np.testing.assert_allclose(annotation.annotate(bundle, query, progress=False).logits, whole, atol=1e-6)
+
+
 def test_a_query_with_some_time_points_and_missing_genes_works(run):
   root, _, _, query = run
   bundle = rundir.load(root / "run")

@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "cardiac_jax"
 LAYERS = (
     {"errors", "checks", "configs", "figures", "integrity", "parallel", "metrics", "calibrate", "conformal",
      "unassigned"},
-    {"readers", "preprocess", "novelty", "split", "sequences", "batches", "simulate", "dataset"},
+    {"readers", "preprocess", "neighbours", "novelty", "split", "sequences", "batches", "simulate", "dataset"},
     {"model", "linear"},
     {"workdir"},
     {"training", "predict"},

@@ -140,15 +140,6 @@ def test_batches_cut_to_the_used_steps_keep_every_valid_value():
     next(batches.iterate(padded, 4, steps=4))
 
 
-def test_nearest_is_exact_and_ordered():
-  rng = np.random.default_rng(0)
-  query, reference = rng.normal(size=(50, 4)), rng.normal(size=(30, 4))
-  found = sequences.nearest(query, reference, 3)
-  distances = ((query[:, None] - reference[None]) ** 2).sum(-1)
-  np.testing.assert_array_equal(found, np.argsort(distances, axis=1, kind="stable")[:, :3])
-  assert sequences.nearest(query, reference[:2], 5).shape == (50, 2)  # k larger than the pool
-
-
 def test_anchored_sequences_take_context_without_labels():
   """Each anchor at its own day, the mean of its k nearest pool cells (of its group) at every other day."""
   rng = np.random.default_rng(1)
