@@ -8,8 +8,8 @@ repeated `copies` times, each copy moved by N(0, 1e-3) noise so that no two poin
 The pool of one day (day 7) is searched for the 5 nearest of every cell of the other days, as
 `sequences.context_neighbours` does for each donor and day: the whole pool through scikit-learn's ball tree
 (exact, float64), the pool capped at CONTEXT_POOL cells (`sequences.content_sample`) through the same tree, and
-the capped pool through `neighbours.nearest` (float32 distances in XLA, candidates re-ranked in float64; what
-annotate uses). Prints the wall times, the share of cells whose neighbour set the cap changes, and the share
+the capped pool through `neighbours.nearest` (scikit-learn's brute-force search for candidates, ranked again in
+float64; what annotate uses). Prints the wall times, the share of cells whose neighbour set the cap changes, and the share
 whose neighbours (in order) differ between the tree and neighbours.nearest on the same capped pool.
 
 With --workdir (a run of the annotate config), the repeated cells of the run's data, with their days and donors,
