@@ -18,6 +18,7 @@ classifier's score.
 import dataclasses
 
 import numpy as np
+import scipy.sparse as sp
 
 from cardiac_jax import neighbours, preprocess
 
@@ -61,33 +62,30 @@ class Novelty:
   upper: np.ndarray
   standard: np.ndarray
 
-  def embed(self, log_x):
-    """[cells, N_COMPONENTS] float32 coordinates of log expression [cells, genes] in the PCA."""
-    return preprocess.project(log_x, self.mean, self.scale, self.components)
-
-  def distances(self, log_x):
-    """[cells, 2] float32 of log expression [cells, genes] (this model's genes): each cell's mean distance to its
-    K nearest reference cells within the PCA, and how many genes it expresses above their `upper` value."""
-    if not len(log_x):
+  def parts(self, x, names, kind):
+    """[rows, 2] float32 of a CSR block of a matrix [rows, genes `names`] holding `kind` values (a gene it lacks is
+    read as its training mean): each cell's mean distance to its K nearest reference cells within the PCA, and
+    how many genes it expresses above their `upper` value. Read from the non-zero values alone (no dense copy)."""
+    columns = preprocess.gene_columns(self.genes, names)
+    present = np.flatnonzero(columns >= 0)
+    log_x = preprocess.log_columns(preprocess.as_csr(x), columns[present], kind, self.target_sum, dense=False)
+    if not log_x.shape[0]:
       return np.zeros((0, 2), np.float32)
-    out = []
-    for lo in range(0, len(log_x), BLOCK):
-      block = log_x[lo : lo + BLOCK]
-      near = neighbours.nearest(self.embed(block), self.reference, K)[1].mean(1)
-      out.append(np.stack([near, (block > self.upper).sum(1)], 1))
-    return np.concatenate(out).astype(np.float32)
-
-  def score(self, log_x):
-    """[cells] float32 novelty score of log expression [cells, genes]: minus the larger of the two standardised
-    parts (`distances`); higher is more like the training cells."""
-    standardised = (self.distances(log_x) - self.standard[:, 0]) / self.standard[:, 1]
-    return -standardised.max(1, initial=-np.inf).astype(np.float32)
+    coordinates = preprocess.project_sparse(log_x, present, self.mean, self.scale, self.components)
+    raised = log_x.copy()
+    raised.data = (log_x.data > self.upper[present][log_x.indices]).astype(np.float32)
+    lacking = np.ones(len(self.genes), bool)
+    lacking[present] = False
+    counts = np.asarray(raised.sum(1)).ravel() + (self.mean > self.upper)[lacking].sum()
+    near = neighbours.nearest(coordinates, self.reference, K)[1].mean(1)
+    return np.stack([near, counts], 1).astype(np.float32)
 
   def score_block(self, x, names, kind):
-    """[rows] float32 scores of a CSR block of a matrix [rows, genes `names`] holding `kind` values (a gene it
-    lacks is given the training mean); preprocess.Preprocessing.transform's `also`."""
-    columns = preprocess.gene_columns(self.genes, names)
-    return self.score(preprocess.log_columns_or_mean(x, columns, kind, self.target_sum, self.mean))
+    """[rows] float32 novelty score of a CSR block of a matrix [rows, genes `names`] holding `kind` values: minus
+    the larger of the two standardised `parts`; higher is more like the training cells
+    (preprocess.Preprocessing.transform's `also`)."""
+    standardised = (self.parts(x, names, kind) - self.standard[:, 0]) / self.standard[:, 1]
+    return -standardised.max(1, initial=-np.inf).astype(np.float32)
 
   def arrays(self):
     """{name: array}: everything `from_arrays` needs (workdir.py saves them in one .npz)."""
@@ -138,10 +136,12 @@ def fit(x, names, train_cells, kind, target_sum, seed, n_genes=N_GENES):
   model = Novelty(tuple(np.asarray(names)[genes].astype(str)), kind, float(target_sum), mean, scale, axes,
                   np.zeros((0, len(axes)), np.float32), np.quantile(log_x, UPPER, axis=0).astype(np.float32),
                   np.zeros((2, 2), np.float32))
-  model = dataclasses.replace(model, reference=model.embed(log_x))
-  held_distances = model.distances(preprocess.log_columns(x[held], genes, kind, target_sum)).astype(np.float64)
-  spread = np.maximum(held_distances.std(0), 1e-6)
-  return dataclasses.replace(model, standard=np.stack([held_distances.mean(0), spread], 1).astype(np.float32))
+  every = np.arange(len(genes))
+  reference = preprocess.project_sparse(sp.csr_matrix(log_x), every, mean, scale, axes)
+  model = dataclasses.replace(model, reference=reference)
+  held_parts = model.parts(x[held], names, kind).astype(np.float64)
+  spread = np.maximum(held_parts.std(0), 1e-6)
+  return dataclasses.replace(model, standard=np.stack([held_parts.mean(0), spread], 1).astype(np.float32))
 
 
 def score_matrix(model, x, names, kind):

@@ -544,20 +544,37 @@ def fit(adata, train_cells, *, n_genes, normalization="auto", hvg_flavor="seurat
   return Preprocessing(genes, kind, float(target_sum), mean, scale, axes), x
 
 
+# Standardised values are clipped to this many standard deviations before a projection (scanpy's pp.scale max_value).
+PROJECTION_CLIP = 10
+
+
 def project(log_x, mean, scale, axes):
   """[cells, axes] float32 coordinates of log expression [cells, genes] standardised by `mean` and `scale` (clipped at
-  +-10) on principal `axes` [axes, genes] (principal_axes)."""
-  return (np.clip((log_x - mean) / scale, -10, 10) @ axes.T).astype(np.float32)
+  +-PROJECTION_CLIP) on principal `axes` [axes, genes] (principal_axes)."""
+  return (np.clip((log_x - mean) / scale, -PROJECTION_CLIP, PROJECTION_CLIP) @ axes.T).astype(np.float32)
+
+
+def project_sparse(log_x, genes, mean, scale, axes):
+  """`project` of CSR log expression [cells, len(genes)] of the `genes` (positions among mean's); every other gene
+  reads as its mean (standardised 0). Only the non-zero values are touched: a zero's standardised value is the same
+  for every cell, so it enters once, through a constant row."""
+  zero = np.clip(-mean[genes] / scale[genes], -PROJECTION_CLIP, PROJECTION_CLIP)  # [len(genes)]
+  column = log_x.indices
+  shifted = log_x.copy()
+  shifted.data = (np.clip((log_x.data - mean[genes][column]) / scale[genes][column], -PROJECTION_CLIP,
+                          PROJECTION_CLIP) - zero[column]).astype(np.float32)
+  sub_axes = np.ascontiguousarray(axes[:, genes].T)  # [len(genes), axes]
+  return (np.asarray(shifted @ sub_axes) + zero @ sub_axes).astype(np.float32)
 
 
 def principal_axes(log_x, n_components):
   """(mean, scale, axes) of log expression [cells, genes]: each gene's float32 mean and standard deviation (1 for a
   constant gene), and the float32 [n_components, genes] principal axes of the standardised values (clipped at
-  +-10), each axis with a fixed sign (its largest entry positive)."""
+  +-PROJECTION_CLIP), each axis with a fixed sign (its largest entry positive)."""
   mean = log_x.mean(0, dtype=np.float64).astype(np.float32)
   scale = log_x.std(0, dtype=np.float64).astype(np.float32)
   scale[scale == 0] = 1
-  standardised = np.clip((log_x - mean) / scale, -10, 10).astype(np.float64)
+  standardised = np.clip((log_x - mean) / scale, -PROJECTION_CLIP, PROJECTION_CLIP).astype(np.float64)
   _, _, axes = np.linalg.svd(standardised - standardised.mean(0), full_matrices=False)
   axes = axes[: min(n_components, log_x.shape[1], len(log_x))]
   axes *= np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])[:, None]

@@ -49,11 +49,10 @@ def main(argv):
     known = ~(labels[query] == t)
     model = novelty.fit(x, adata.var_names, everyone[labels[everyone] != t], kind, target_sum, config.seed,
                         config.data.novelty_genes or novelty.N_GENES)
-    log_x = preprocess.log_columns(x[query], preprocess.gene_columns(model.genes, adata.var_names), kind, target_sum)
-    parts = model.distances(log_x)
+    parts = model.parts(x[query], adata.var_names, kind)
     rows["distance to the nearest reference cells"].append(roc_auc_score(known, -parts[:, 0]))
     rows["genes raised above any training cell's"].append(roc_auc_score(known, -parts[:, 1]))
-    rows["novelty score (the larger of the two, standardised)"].append(roc_auc_score(known, model.score(log_x)))
+    rows["novelty score (the larger of the two, standardised)"].append(roc_auc_score(known, model.score_block(x[query], adata.var_names, kind)))
     oracle = LogisticRegression(C=0.05, max_iter=300).fit((log_all[everyone] - mean) / scale, labels[everyone] == t)
     rows["ceiling: supervised one-vs-rest regression with the type's labels"].append(
         roc_auc_score(known, -oracle.decision_function((log_all[query] - mean) / scale)))

@@ -42,6 +42,9 @@ def test_a_programme_on_genes_outside_the_classifiers_is_scored_novel():
 
 
 def test_a_gene_the_query_lacks_is_read_as_its_training_mean():
+  """The parts are read from the non-zero values alone; against the dense formula, with the lacking genes set to
+  their training mean: coordinates standardised, clipped and projected (preprocess.project), the mean distance to
+  the K nearest reference cells by brute force, genes above `upper` counted."""
   rng = np.random.default_rng(1)
   types = rng.integers(0, 3, 400)
   x = _counts(rng, types).tolil()
@@ -52,7 +55,12 @@ def test_a_gene_the_query_lacks_is_read_as_its_training_mean():
   query = x.tocsr()[300:]
   log_x = preprocess.log_columns(query, preprocess.gene_columns(model.genes, names), "counts", 1e4)
   log_x[:, :5] = model.mean[:5]
+  coordinates = preprocess.project(log_x, model.mean, model.scale, model.components)
+  distance = np.sqrt(((coordinates[:, None].astype(np.float64) - model.reference[None]) ** 2).sum(-1))
+  expected = np.stack([np.sort(distance, 1)[:, : novelty.K].mean(1), (log_x > model.upper).sum(1)], 1)
+  parts = model.parts(query[:, ~lacking], names[~lacking], "counts")
+  np.testing.assert_allclose(parts, expected, rtol=1e-4)
   np.testing.assert_array_equal(novelty.score_matrix(model, query[:, ~lacking], names[~lacking], "counts"),
-                                model.score(log_x))
+                                model.score_block(query[:, ~lacking], names[~lacking], "counts"))
   assert len(model.reference) == 240 and model.components.shape == (novelty.N_COMPONENTS, 200)
   assert model.standard[:, 1].min() > 0
