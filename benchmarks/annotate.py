@@ -17,8 +17,9 @@ not part of the comparison):
                     (normalize_total to 1e4, log1p), labels 'type', feature_selection=True with top_genes=300 (the
                     recipe of CellTypist's tutorial for a custom model), its defaults otherwise; Model.write
 
-Everything setup makes lives in <cache-dir>/annotate_benchmark/ and is reused as it is (models are not retrained
-when configs/annotate.py changes: delete the folder for that).
+Everything setup makes lives in <cache-dir>/annotate_benchmark/ and is reused as it is; the cardiac_jax model's
+folder is named by a hash of configs/annotate.py's settings and any --model-override, so a changed recipe trains
+its own.
 
 Timed, each in its own process under `/usr/bin/time -v` (wall time, peak resident memory), both reading
 query.h5ad and writing an annotated .h5ad:
@@ -40,6 +41,7 @@ number, the machine and its load to a JSON file (--json; default beside query.h5
 
 import argparse
 import datetime
+import hashlib
 import json
 import os
 import pathlib
@@ -86,10 +88,23 @@ def paths(args):
   return {
       "bench": bench,
       "query": size / "query.h5ad",
-      "model": bench / f"cardiac_jax_annotate_c{args.train_cells}_g{args.genes}_e{args.epochs}",
+      "model": bench / f"cardiac_jax_annotate_{recipe(args)}_c{args.train_cells}_g{args.genes}_e{args.epochs}",
       "celltypist": bench / f"celltypist_c{args.train_cells}_g{args.genes}_top{args.top_genes}.pkl",
       "json": pathlib.Path(args.json) if args.json else size / "results.json",
   }
+
+
+def model_overrides(args):
+  """{config key: value as given} of each --model-override key=value (another model than configs/annotate.py's)."""
+  return dict(item.split("=", 1) for item in args.model_override)
+
+
+def recipe(args):
+  """A short hash of configs/annotate.py's settings and --model-override: a changed recipe trains its own model."""
+  from cardiac_jax.configs import annotate
+
+  text = json.dumps([annotate.ANNOTATE, model_overrides(args)], sort_keys=True, default=str)
+  return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
 def training_overrides(args):
@@ -365,6 +380,9 @@ def main():
   parser.add_argument("--epochs", type=int, default=2, help="training epochs of the cardiac_jax model (setup)")
   parser.add_argument("--top-genes", type=int, default=300, help="CellTypist's feature selection: genes per type")
   parser.add_argument("--rounds", type=int, default=1, help="times each timed step is run, alternating")
+  parser.add_argument("--model-override", action="append", default=[], help="key=value: a config setting of the "
+                      "cardiac_jax model beside configs/annotate.py's, e.g. model.hidden_dim=64 (repeatable; setup "
+                      "trains that model)")
   parser.add_argument("--json", help="where to write the results (default: results.json beside query.h5ad)")
   parser.add_argument("--step", choices=("query", "celltypist_model", "celltypist", "stages"), help=argparse.SUPPRESS)
   parser.add_argument("--geo-dir", help=argparse.SUPPRESS)
@@ -394,7 +412,7 @@ def main():
   print(f"{results['machine']}; other processes at start: {results['other_processes_at_start'] or 'none'}")
   base = [sys.executable, __file__, "--cells", str(args.cells), "--genes", str(args.genes),
           "--cache-dir", args.cache_dir, "--train-cells", str(args.train_cells), "--epochs", str(args.epochs),
-          "--top-genes", str(args.top_genes)]
+          "--top-genes", str(args.top_genes)] + [f"--model-override={item}" for item in args.model_override]
 
   # ---- setup (measured, reported, not compared) ----
   sim_args = dict(n_cells=args.cells, n_genes=args.genes, n_donors=19, n_spots=4000, n_spot_genes=2000, seed=0,
@@ -417,7 +435,8 @@ def main():
   setup("query.h5ad", base + ["--step", "query", "--geo-dir", str(geo_dir)], files["query"].exists)
   train = [sys.executable, "train.py", "--config=configs/annotate.py", f"--workdir={files['model']}",
            f"--config.train.num_epochs={args.epochs}"]
-  train += [f"--config.{key}={value}" for key, value in training_overrides(args).items()]
+  overrides = {**model_overrides(args), **training_overrides(args)}
+  train += [f"--config.{key}={value}" for key, value in overrides.items()]
   results["cardiac_jax_train_command"] = " ".join(train[1:])
   setup("cardiac_jax model", train, (files["model"] / "results.json").exists)
   setup("celltypist model", base + ["--step", "celltypist_model"], files["celltypist"].exists)
