@@ -42,6 +42,7 @@ number, the machine and its load to a JSON file (--json; default beside query.h5
 import argparse
 import datetime
 import hashlib
+import inspect
 import json
 import os
 import pathlib
@@ -291,7 +292,9 @@ def step_stages(args, output):
     for prefetch in overlap:
       predict.PREFETCH = prefetch
       t0 = time.perf_counter()
-      cell_logits(*args_, **dict(kwargs, progress=False))
+      call = inspect.signature(cell_logits).bind(*args_, **kwargs)
+      call.arguments["progress"] = False
+      cell_logits(*call.args, **call.kwargs)
       overlap[prefetch].append(round(time.perf_counter() - t0, 2))
       print(f"    context, sequences and prediction, {prefetch} chunk(s) built ahead: {overlap[prefetch][-1]:.1f} s",
             file=sys.stderr, flush=True)
