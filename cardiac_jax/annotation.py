@@ -37,6 +37,7 @@ LABEL_KEY = "cardiac_jax_label"
 CONFIDENCE_KEY = "cardiac_jax_confidence"
 REASON_KEY = "cardiac_jax_unassigned_reason"
 UNASSIGNED_SCORE_KEY = "cardiac_jax_unassigned_score"
+NOVELTY_KEY = "cardiac_jax_novelty"
 PROBABILITIES_KEY = "cardiac_jax_probabilities"
 LABEL_SETS_KEY = "cardiac_jax_label_sets"
 LABEL_SET_SIZE_KEY = "cardiac_jax_label_set_size"
@@ -137,13 +138,15 @@ class AnnotationResult:
             f"{rule['score']} below {rule['threshold']:.4g} ({rule['chosen_by']})")
 
   def annotated_obs(self, obs):
-    """A copy of a query's obs with the label and confidence columns."""
+    """A copy of a query's obs with the label, confidence, Unassigned and novelty columns."""
     obs = obs.copy()
     obs[LABEL_KEY] = pd.Categorical(self.labels, categories=list(self.info["classes"]) + [unassigned.UNASSIGNED])
     obs[CONFIDENCE_KEY] = self.confidence.astype(np.float32)
     obs[REASON_KEY] = pd.Categorical(self.prediction.reasons, categories=list(predict.REASONS))
     if self.prediction.rule.score != "none":
       obs[UNASSIGNED_SCORE_KEY] = self.prediction.unassigned_score.astype(np.float32)
+    if self.prediction.novelty is not None:
+      obs[NOVELTY_KEY] = np.asarray(self.prediction.novelty, np.float32)
     if self.prediction.label_sets is not None:
       obs[LABEL_SET_SIZE_KEY] = self.prediction.label_sets.sum(1).astype(np.int32)
     return obs

@@ -77,6 +77,7 @@ def test_annotating_the_test_donors_reproduces_the_test_predictions(run):
   # the combined score reads the query's novelty scores, those training gave the same cells
   novelty = rundir.load_test_novelty(root / "run")
   np.testing.assert_allclose(result.prediction.novelty, novelty, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out.obs[annotation.NOVELTY_KEY], novelty, rtol=1e-5, atol=1e-5)  # whatever the rule
   combined = annotation.annotate_file(root / "run", root / "query.h5ad", root / "combined.h5ad",
                                       unassigned_score="combined", progress=False)[0]
   np.testing.assert_allclose(combined.prediction.unassigned_score, unassigned.combined(
