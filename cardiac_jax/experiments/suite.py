@@ -34,7 +34,7 @@ NLL_CALIBRATION = dict(ACCURACY_STOPPING, **{"train.calibration_method": "auto"}
 
 def network(hidden, layers):
   """Overrides for a network of LSTM width `hidden` and `layers` layers (4 attention heads, one head layer as wide
-  as the LSTM): the sizes the annotation model's size was chosen among (configs/annotate.py: 64 wide, 1 layer)."""
+  as the LSTM): the sizes the annotation model's size was chosen among (configs/annotate.py: 64 wide, 2 layers)."""
   return {"model.hidden_dim": hidden, "model.num_layers": layers, "model.num_heads": 4, "model.head_dims": (hidden,)}
 
 
@@ -79,7 +79,7 @@ ROWS = {
                                     dict(ACCURACY_STOPPING, **SMALL_NETWORK)),
     "anchored-no-smoothing": (("annotate", "donor"), "model, no label smoothing", {"train.label_smoothing": 0.0}),
     "anchored-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer", SMALL_NETWORK),
-    "anchored-64x2": (("annotate", "donor"), "model, hidden 64, 2 LSTM layers", network(64, 2)),
+    "anchored-64x1": (("annotate", "donor"), "model, hidden 64, 1 LSTM layer", network(64, 1)),
     "anchored-seed-network": (("annotate", "donor"), "model, the seed's network (hidden 128, 3 LSTM layers)",
                               SEED_NETWORK),
     # A small reference: the annotation model trained on SMALL_REFERENCE cells of the training donors.
