@@ -5,9 +5,9 @@ candidates of each query by its own floating-point distances; the candidates are
 distances, ties to the lower reference row. Those distances are off by at most ROUNDING x (|query| + largest
 |reference|)^2 in squares (qq - 2 q.r + rr in float32 errs by about 1e-6 of that in 20-30 dimensions), so a row's
 k nearest are certainly among its candidates when the last candidate's distance, less twice that bound, exceeds
-the k-th candidate's float64 one; the rare rows where it does not are ranked again in float64 over the whole
-reference. The result is the exact float64 answer whatever the rounding: the same as a brute-force float64 search
-with ties to the lower row.
+the k-th candidate's float64 one; rows where it does not (near-ties, and exact duplicates: a cell repeated many
+times) are searched again with GROWTH times the candidates, up to the whole reference. The result is the exact
+float64 answer whatever the rounding: the same as a brute-force float64 search with ties to the lower row.
 
 The search costs every query a distance to every reference row, so callers keep references small (the context's
 pools are capped at sequences.CONTEXT_POOL cells, the novelty score's at novelty.MAX_REFERENCE).
@@ -16,19 +16,46 @@ pools are capped at sequences.CONTEXT_POOL cells, the novelty score's at novelty
 import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
-# Candidates beyond the k nearest that are ranked in float64 (a margin for the search's rounding).
+# Candidates beyond the k nearest that are ranked in float64 (a margin for the search's rounding), and the factor
+# the candidates grow by for rows without that margin (exact duplicates: a cell repeated many times ties at its
+# distance, and the candidates must reach past every copy).
 EXTRA = 4
+GROWTH = 4
 # Relative bound on a squared distance's rounding error, a tenfold margin over qq - 2 q.r + rr's in float32.
 ROUNDING = 1e-5
-# Queries ranked at a time (bounds the float64 differences' memory: QUERY_BLOCK x (k + EXTRA) x dimensions).
+# Queries searched at a time, and float64 differences held at a time when ranking candidates (bounds memory).
 QUERY_BLOCK = 16_384
+RANKED_VALUES = 1 << 24
 
 
 def _ranked(query, reference, rows):
-  """(rows [n, r] sorted by float64 squared distance to each query row, ties to the lower row; their squares)."""
-  squared = ((query[:, None, :].astype(np.float64) - reference[rows].astype(np.float64)) ** 2).sum(-1)
-  order = np.lexsort((rows, squared), axis=-1)
-  return np.take_along_axis(rows, order, 1), np.take_along_axis(squared, order, 1)
+  """(rows [n, r] sorted by float64 squared distance to each query row, ties to the lower row; their squares), a
+  few query rows at a time."""
+  out_rows, out_squared = np.empty_like(rows), np.empty(rows.shape, np.float64)
+  step = max(1, RANKED_VALUES // max(rows.shape[1] * query.shape[1], 1))
+  for lo in range(0, len(rows), step):
+    part = rows[lo : lo + step]
+    squared = ((query[lo : lo + step, None, :].astype(np.float64) - reference[part].astype(np.float64)) ** 2).sum(-1)
+    order = np.lexsort((part, squared), axis=-1)
+    out_rows[lo : lo + step] = np.take_along_axis(part, order, 1)
+    out_squared[lo : lo + step] = np.take_along_axis(squared, order, 1)
+  return out_rows, out_squared
+
+
+def _certified(index, query, reference, k, largest):
+  """(rows [n, k], squares [n, k]) of `nearest` for query rows [n, d]: candidates from `index`, grown by GROWTH
+  for the rows they do not certify, up to the whole reference (then the float64 ranking is the answer)."""
+  rows, squared = np.zeros((len(query), k), np.int64), np.zeros((len(query), k), np.float64)
+  error = ROUNDING * (np.sqrt((query.astype(np.float64) ** 2).sum(1)) + largest) ** 2
+  todo, m = np.arange(len(query)), min(k + EXTRA, len(reference))
+  while len(todo):
+    searched, candidates = index.kneighbors(query[todo], n_neighbors=m)
+    found, found_squared = _ranked(query[todo], reference, candidates.astype(np.int64))
+    sure = (searched[:, -1].astype(np.float64) ** 2 - 2 * error[todo] > found_squared[:, k - 1]
+            if m < len(reference) else np.ones(len(todo), bool))
+    rows[todo[sure]], squared[todo[sure]] = found[sure, :k], found_squared[sure, :k]
+    todo, m = todo[~sure], min(m * GROWTH, len(reference))
+  return rows, squared
 
 
 def nearest(query, reference, k):
@@ -43,22 +70,12 @@ def nearest(query, reference, k):
   query = np.ascontiguousarray(query, np.float32)
   reference = np.ascontiguousarray(reference, np.float32)
   k = min(k, len(reference))
-  m = min(k + EXTRA, len(reference))
   rows, squared = np.zeros((len(query), k), np.int64), np.zeros((len(query), k), np.float64)
   if not len(query) or not k:
     return rows, squared
-  index = NearestNeighbors(n_neighbors=m, algorithm="brute").fit(reference)
+  index = NearestNeighbors(algorithm="brute").fit(reference)
   largest = np.sqrt((reference.astype(np.float64) ** 2).sum(1).max())
-  everything = np.arange(len(reference))[None]
   for lo in range(0, len(query), QUERY_BLOCK):
-    part = query[lo : lo + QUERY_BLOCK]
-    searched, candidates = index.kneighbors(part)
-    found, found_squared = _ranked(part, reference, candidates.astype(np.int64))
-    if m < len(reference):
-      error = ROUNDING * (np.sqrt((part.astype(np.float64) ** 2).sum(1)) + largest) ** 2
-      last = searched[:, -1].astype(np.float64) ** 2
-      for i in np.flatnonzero(last - 2 * error <= found_squared[:, k - 1]):  # the k nearest may lie beyond
-        found[i], found_squared[i] = (a[0, :m] for a in _ranked(part[i : i + 1], reference, everything))
-    rows[lo : lo + len(part)] = found[:, :k]
-    squared[lo : lo + len(part)] = found_squared[:, :k]
+    rows[lo : lo + QUERY_BLOCK], squared[lo : lo + QUERY_BLOCK] = _certified(
+        index, query[lo : lo + QUERY_BLOCK], reference, k, largest)
   return rows, np.sqrt(squared)

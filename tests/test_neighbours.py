@@ -18,16 +18,18 @@ def _points(rng):
   reference = (rng.normal(size=(700, 20)) * 3 + 40).astype(np.float32)
   reference[100:108] = reference[5]
   reference[300:303] = reference[7]
+  reference[400:440] = reference[9]  # a cell repeated 41 times: ties far past the first candidates
   query = (rng.normal(size=(1200, 20)) * 3 + 40).astype(np.float32)
   query[:40] = reference[5] + np.float32(2e-6)
   query[40:80] = reference[7]
+  query[80:120] = reference[9] + np.float32(1e-3)
   return query, reference
 
 
 @pytest.mark.parametrize("extra", [neighbours.EXTRA, 0])
 def test_nearest_is_the_float64_answer_with_ties_to_the_lower_row(monkeypatch, extra):
-  """With no extra candidates no row can be certified, so every row takes the float64 fallback: both paths agree
-  with brute force in float64."""
+  """With no extra candidates no row is certified by its first candidates, so every row takes the grown search:
+  both paths agree with brute force in float64."""
   monkeypatch.setattr(neighbours, "EXTRA", extra)
   query, reference = _points(np.random.default_rng(0))
   rows, distances = neighbours.nearest(query, reference, 5)
@@ -35,6 +37,7 @@ def test_nearest_is_the_float64_answer_with_ties_to_the_lower_row(monkeypatch, e
   np.testing.assert_array_equal(rows, expected_rows)
   np.testing.assert_array_equal(distances, expected_distances)
   np.testing.assert_array_equal(rows[:40, :5], [[5, 100, 101, 102, 103]] * 40)  # duplicates: the lower rows first
+  np.testing.assert_array_equal(rows[80:120, :5], [[9, 400, 401, 402, 403]] * 40)
 
 
 def test_nearest_with_few_reference_rows_and_blocks():

@@ -1,10 +1,9 @@
 """The recommended annotation model: anchored per-cell sequences (each cell among its nearest neighbours at the
 other days of its own donor's time course), split by donor; test metrics are per cell.
 
-Each cell alone (`--config.data.sequence_mode=cell --config.model.pooling=mean`) needs no neighbour search and
-annotates the full-size data 3.4x faster (30 s against 100 s for 230,786 cells), but labels held-out donors
-worse: 0.1-1.3 points of macro-F1 below the anchored context in each of the 4 runs of the donor loop, and level
-with a per-cell logistic regression there (docs/annotation.md).
+Each cell alone (`--config.data.sequence_mode=cell --config.model.pooling=mean`) needs no neighbour search, but
+labelled held-out donors worse with the seed's network: 0.1-1.3 points of macro-F1 below the anchored context in
+each of the 4 runs of the donor loop, and level with a per-cell logistic regression there (docs/annotation.md).
 
 Train it, then label any time course:
   cardiac-jax train --config=annotate --workdir=runs/annotate
