@@ -58,8 +58,40 @@ def _certified(index, query, reference, k, largest):
   return rows, squared
 
 
+def _distinct(reference):
+  """(rows [u] of the distinct points of `reference` [m, d], each its lowest row, in increasing order; [m] which of
+  them each row repeats)."""
+  keys = np.ascontiguousarray(reference).view(np.dtype((np.void, reference.dtype.itemsize * reference.shape[1])))
+  _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
+  order = np.argsort(first)
+  rank = np.empty_like(order)
+  rank[order] = np.arange(len(order))
+  return first[order], rank[inverse.ravel()]
+
+
+def _with_copies(rows, squared, repeats, k):
+  """The k nearest rows of a reference with repeated points, from the nearest of its distinct points (`rows`
+  [n, k] indices into them, `squared` [n, k]) and which distinct point each row repeats (`repeats` [m]).
+
+  A row whose point is not among a query's k nearest distinct points (by distance, then lowest row) has k rows
+  before it, so the k nearest rows are copies of those points; a point's copies share its distance, and only its
+  k lowest rows can be among them.
+  """
+  counts = np.bincount(repeats)
+  grouped = np.argsort(repeats, kind="stable")  # the rows of each point together, in increasing order
+  width = min(k, int(counts.max()))
+  slot = np.arange(width)[None]
+  copies = np.where(slot < counts[:, None], grouped[np.minimum(np.cumsum(counts)[:, None] - counts[:, None] + slot,
+                                                               len(grouped) - 1)], -1)  # [points, width]
+  candidates = copies[rows].reshape(len(rows), -1)
+  candidate_squared = np.where(candidates >= 0, np.repeat(squared, width, axis=1), np.inf)
+  order = np.lexsort((np.where(candidates >= 0, candidates, len(repeats)), candidate_squared), axis=-1)[:, :k]
+  return np.take_along_axis(candidates, order, 1), np.take_along_axis(candidate_squared, order, 1)
+
+
 def nearest(query, reference, k):
-  """The k nearest reference rows of each query row, exactly (module docstring).
+  """The k nearest reference rows of each query row, exactly (module docstring). Repeated reference points are
+  searched once (a cell repeated many times would tie past any number of candidates), then their copies ranked.
 
   Args:
     query: [n, d] and reference: [m, d] points (read as float32); k >= 1.
@@ -73,9 +105,13 @@ def nearest(query, reference, k):
   rows, squared = np.zeros((len(query), k), np.int64), np.zeros((len(query), k), np.float64)
   if not len(query) or not k:
     return rows, squared
-  index = NearestNeighbors(algorithm="brute").fit(reference)
-  largest = np.sqrt((reference.astype(np.float64) ** 2).sum(1).max())
+  distinct, repeats = _distinct(reference)
+  points = reference[distinct]
+  index = NearestNeighbors(algorithm="brute").fit(points)
+  largest = np.sqrt((points.astype(np.float64) ** 2).sum(1).max())
   for lo in range(0, len(query), QUERY_BLOCK):
-    rows[lo : lo + QUERY_BLOCK], squared[lo : lo + QUERY_BLOCK] = _certified(
-        index, query[lo : lo + QUERY_BLOCK], reference, k, largest)
+    found, found_squared = _certified(index, query[lo : lo + QUERY_BLOCK], points, min(k, len(points)), largest)
+    if len(points) < len(reference):  # else the distinct points are the reference, row for row
+      found, found_squared = _with_copies(found, found_squared, repeats, k)
+    rows[lo : lo + len(found)], squared[lo : lo + len(found)] = found, found_squared
   return rows, np.sqrt(squared)
