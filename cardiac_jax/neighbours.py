@@ -5,9 +5,10 @@ candidates of each query by its own floating-point distances; the candidates are
 distances, ties to the lower reference row. Those distances are off by at most ROUNDING x (|query| + largest
 |reference|)^2 in squares (qq - 2 q.r + rr in float32 errs by about 1e-6 of that in 20-30 dimensions), so a row's
 k nearest are certainly among its candidates when the last candidate's distance, less twice that bound, exceeds
-the k-th candidate's float64 one; rows where it does not (near-ties, and exact duplicates: a cell repeated many
-times) are searched again with GROWTH times the candidates, up to the whole reference. The result is the exact
-float64 answer whatever the rounding: the same as a brute-force float64 search with ties to the lower row.
+the k-th candidate's float64 one; rows where it does not (near-ties) are searched again with GROWTH times the
+candidates, up to the whole reference. A point the reference repeats is searched once and its copies ranked after
+(`_with_copies`). The result is the exact float64 answer whatever the rounding: the same as a brute-force float64
+search with ties to the lower row.
 
 The search costs every query a distance to every reference row, so callers keep references small (the context's
 pools are capped at sequences.CONTEXT_POOL cells, the novelty score's at novelty.MAX_REFERENCE).
@@ -17,8 +18,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 # Candidates beyond the k nearest that are ranked in float64 (a margin for the search's rounding), and the factor
-# the candidates grow by for rows without that margin (exact duplicates: a cell repeated many times ties at its
-# distance, and the candidates must reach past every copy).
+# the candidates grow by for rows without that margin.
 EXTRA = 4
 GROWTH = 4
 # Relative bound on a squared distance's rounding error, a tenfold margin over qq - 2 q.r + rr's in float32.
