@@ -102,6 +102,14 @@ def test_a_shipped_config_is_found_by_name_from_any_folder(given, tmp_path, monk
   assert cli.shipped_configs(["x", "--config", given])[2] == str(configs.FOLDER / "annotate.py")
 
 
+def test_the_fast_annotation_config_is_the_annotate_config_with_each_cell_alone_and_a_small_network():
+  fast, annotate = configs.get("annotate_fast"), configs.get("annotate")
+  assert (fast.data.sequence_mode, fast.model.pooling, fast.model.hidden_dim, fast.model.num_layers) == ("cell", "mean",
+                                                                                                       32, 1)
+  changed = {k for k in fast.data.keys() if fast.data[k] != annotate.data[k]}
+  assert changed == {"sequence_mode"} and fast.data.novelty_genes == 2000  # genes, scaling, novelty as annotate's
+
+
 def test_a_config_file_that_exists_and_an_unknown_name_are_left_as_given(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   (tmp_path / "tiny.py").write_text("")

@@ -1,5 +1,6 @@
 """The shipped configs, by name: default (every number the seed names), base, medium and large (its three
-stages), annotate (the recommended annotation model) and tiny (a seconds-long run for tests)."""
+stages), annotate (the recommended annotation model), annotate_fast (each cell alone, a small network: CellTypist's
+speed) and tiny (a seconds-long run for tests)."""
 
 import importlib
 import pathlib
@@ -7,7 +8,7 @@ import pathlib
 from cardiac_jax.errors import ConfigError
 
 FOLDER = pathlib.Path(__file__).parent
-NAMES = ("default", "base", "medium", "large", "annotate", "tiny")
+NAMES = ("default", "base", "medium", "large", "annotate", "annotate_fast", "tiny")
 
 
 def path(name):

@@ -19,6 +19,7 @@ from absl import logging
 
 from cardiac_jax import dataset, figures, integrity, metrics, report
 from cardiac_jax import workdir as rundir
+from cardiac_jax.configs import annotate_fast
 from cardiac_jax.configs import default as default_config
 from cardiac_jax.errors import ConfigError
 from cardiac_jax.experiments import baselines, celltypist_compare, tables
@@ -61,8 +62,8 @@ ROWS = {
     # and the linear path).
     "anchored": (("annotate", "donor"), "model, anchored (annotate config)", {}),
     "cell-alone": (("annotate", "donor"), "model, each cell alone (no context)", CELL_ALONE),
-    "cell-small": (("annotate", "donor"), "model, each cell alone, hidden 32, 1 LSTM layer",
-                   dict(CELL_ALONE, **SMALL_NETWORK)),
+    "cell-small": (("annotate", "donor"), "model, each cell alone, hidden 32, 1 LSTM layer (annotate_fast config)",
+                   annotate_fast.FAST),
     "anchored-linear-start": (("annotate", "donor"), "model, early stopping on accuracy, calibration by NLL",
                               NLL_CALIBRATION),
     "anchored-time": (("annotate", "donor"), "model, no linear start, early stopping on accuracy, calibration by NLL",
