@@ -79,10 +79,10 @@ def _with_copies(rows, squared, repeats, k):
   """
   counts = np.bincount(repeats)
   grouped = np.argsort(repeats, kind="stable")  # the rows of each point together, in increasing order
+  starts = np.cumsum(counts) - counts  # where each point's rows begin in `grouped`
   width = min(k, int(counts.max()))
   slot = np.arange(width)[None]
-  copies = np.where(slot < counts[:, None], grouped[np.minimum(np.cumsum(counts)[:, None] - counts[:, None] + slot,
-                                                               len(grouped) - 1)], -1)  # [points, width]
+  copies = np.where(slot < counts[:, None], grouped[np.minimum(starts[:, None] + slot, len(grouped) - 1)], -1)
   candidates = copies[rows].reshape(len(rows), -1)
   candidate_squared = np.where(candidates >= 0, np.repeat(squared, width, axis=1), np.inf)
   order = np.lexsort((np.where(candidates >= 0, candidates, len(repeats)), candidate_squared), axis=-1)[:, :k]

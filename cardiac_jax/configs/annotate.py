@@ -26,10 +26,7 @@ ANNOTATE = {
     # A network of LSTM width 64 and two layers (255k parameters, the seed's 1.39M): level with the seed's sizes on
     # the validation donors of 5 suite seeds (macro-F1 +0.02 +- 0.14 points, paired), several times as many cells
     # a second; one layer fell below the logistic regression in the donor loop (docs/annotation.md#the-networks-size).
-    "model.hidden_dim": 64,
-    "model.num_layers": 2,
-    "model.num_heads": 4,
-    "model.head_dims": (64,),
+    **default.network(64, 2),
     # Per-cell data keep the types' natural imbalance (UNK is 3-5% of cells): a balanced loss keeps rare
     # types from being ignored, which macro-F1 (every type counts the same) rewards.
     "train.class_weighting": "balanced",

@@ -14,8 +14,7 @@ the seed's larger anchored network is 0.6 points ahead of it in each run of the 
 from cardiac_jax.configs import annotate, default
 
 # What makes configs/annotate.py's model this one (the suite's row 'cell-small').
-FAST = {"data.sequence_mode": "cell", "model.pooling": "mean", "model.hidden_dim": 32, "model.num_layers": 1,
-        "model.num_heads": 4, "model.head_dims": (32,)}
+FAST = {"data.sequence_mode": "cell", "model.pooling": "mean", **default.network(32, 1)}
 
 
 def get_config():

@@ -27,6 +27,12 @@ def override(config, dotted):
   return config
 
 
+def network(hidden, layers):
+  """Overrides for a network of LSTM width `hidden` and `layers` layers, 4 attention heads and one head layer as
+  wide as the LSTM: the annotation models' sizes (configs/annotate.py, configs/annotate_fast.py, the suite's rows)."""
+  return {"model.hidden_dim": hidden, "model.num_layers": layers, "model.num_heads": 4, "model.head_dims": (hidden,)}
+
+
 def to_json(config):
   """A config as the JSON text a workdir keeps (config.json)."""
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)

@@ -33,13 +33,7 @@ ACCURACY_STOPPING = {"train.early_stopping_metric": "accuracy"}
 NLL_CALIBRATION = dict(ACCURACY_STOPPING, **{"train.calibration_method": "auto"})
 
 
-def network(hidden, layers):
-  """Overrides for a network of LSTM width `hidden` and `layers` layers (4 attention heads, one head layer as wide
-  as the LSTM): the sizes the annotation model's size was chosen among (configs/annotate.py: 64 wide, 2 layers)."""
-  return {"model.hidden_dim": hidden, "model.num_layers": layers, "model.num_heads": 4, "model.head_dims": (hidden,)}
-
-
-SMALL_NETWORK = network(32, 1)
+SMALL_NETWORK = default_config.network(32, 1)
 # configs/default.py's network (the seed's sizes), which the annotate config had before its own.
 SEED_NETWORK = {"model.hidden_dim": 128, "model.num_layers": 3, "model.num_heads": 8, "model.head_dims": (128, 64)}
 # Each cell alone, one step (the annotate config's no-context ablation).
@@ -80,7 +74,7 @@ ROWS = {
                                     dict(ACCURACY_STOPPING, **SMALL_NETWORK)),
     "anchored-no-smoothing": (("annotate", "donor"), "model, no label smoothing", {"train.label_smoothing": 0.0}),
     "anchored-small": (("annotate", "donor"), "model, hidden 32, 1 LSTM layer", SMALL_NETWORK),
-    "anchored-64x1": (("annotate", "donor"), "model, hidden 64, 1 LSTM layer", network(64, 1)),
+    "anchored-64x1": (("annotate", "donor"), "model, hidden 64, 1 LSTM layer", default_config.network(64, 1)),
     "anchored-seed-network": (("annotate", "donor"), "model, the seed's network (hidden 128, 3 LSTM layers)",
                               SEED_NETWORK),
     # A small reference: the annotation model trained on SMALL_REFERENCE cells of the training donors.
